@@ -1,0 +1,211 @@
+"""Configuration: read the environment once into a frozen, validated object.
+
+This is the only module that reads the environment. Everything else takes arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from waxhouse.errors import SettingsError
+
+StartingOffset = Literal["earliest", "latest"]
+
+DEFAULT_STORE = "./data/clickhouse"
+DEFAULT_GENERATOR_EVENTS = 200_000
+DEFAULT_GENERATOR_SEED = 42
+_MAX_TS_MS = 253402300799999
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Settings for secured clusters. The password never appears in a repr."""
+
+    protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+    def client_options(self) -> dict[str, str]:
+        """The kafka-python keyword arguments these settings stand for."""
+        pairs = {
+            "security_protocol": self.protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+            "ssl_cafile": self.ssl_cafile,
+        }
+        return {key: value for key, value in pairs.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "events"
+    kafka_dlq_topic: str = "events.dlq"
+    kafka_starting_offset: StartingOffset = "earliest"
+    kafka_stop_at_end: bool = False
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    clickhouse_url: str = field(default=f"chdb://{os.path.abspath(DEFAULT_STORE)}", repr=False)
+    window_seconds: int = 60
+    allowed_lateness_seconds: int = 10
+    session_gap_seconds: int = 1800
+    generator_events: int = DEFAULT_GENERATOR_EVENTS
+    generator_rate: float = 0.0
+    generator_seed: int = DEFAULT_GENERATOR_SEED
+
+    def __post_init__(self) -> None:
+        if self.window_seconds <= 0:
+            raise SettingsError("WINDOW_SECONDS must be a positive whole number of seconds")
+        if self.allowed_lateness_seconds < 0:
+            raise SettingsError("ALLOWED_LATENESS_SECONDS must be 0 or more")
+        if self.session_gap_seconds <= 0:
+            raise SettingsError("SESSION_GAP_SECONDS must be a positive whole number of seconds")
+        if self.generator_events < 0:
+            raise SettingsError("GENERATOR_EVENTS must be 0 (endless) or more")
+        if self.generator_rate < 0:
+            raise SettingsError("GENERATOR_RATE must be 0 (unlimited) or more events per second")
+        _check_clickhouse_url(self.clickhouse_url)
+
+    @property
+    def embedded(self) -> bool:
+        """No Kafka configured: the built-in generator feeds the flow."""
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def window_ms(self) -> int:
+        return self.window_seconds * 1000
+
+    @property
+    def lateness_ms(self) -> int:
+        return self.allowed_lateness_seconds * 1000
+
+    @property
+    def session_gap_ms(self) -> int:
+        return self.session_gap_seconds * 1000
+
+    def describe(self) -> dict[str, object]:
+        """The effective configuration, safe to log: no password in it."""
+        return {
+            "mode": "embedded" if self.embedded else "kafka",
+            "kafka_bootstrap_servers": self.kafka_bootstrap_servers,
+            "kafka_topic": self.kafka_topic,
+            "kafka_dlq_topic": self.kafka_dlq_topic,
+            "kafka_starting_offset": self.kafka_starting_offset,
+            "kafka_stop_at_end": self.kafka_stop_at_end,
+            "kafka_security_protocol": self.kafka_security.protocol,
+            "clickhouse_url": mask_url(self.clickhouse_url),
+            "window_seconds": self.window_seconds,
+            "allowed_lateness_seconds": self.allowed_lateness_seconds,
+            "session_gap_seconds": self.session_gap_seconds,
+            "generator_events": self.generator_events,
+            "generator_rate": self.generator_rate,
+            "generator_seed": self.generator_seed,
+        }
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def _check_clickhouse_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise SettingsError(f"CLICKHOUSE_URL needs a host: {mask_url(url)}")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as e:
+            raise SettingsError(f"CLICKHOUSE_URL has an invalid port: {mask_url(url)}") from e
+    elif parts.scheme == "chdb":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise SettingsError(f"CLICKHOUSE_URL must be chdb:///absolute/path, got {url}")
+    else:
+        raise SettingsError(
+            f"CLICKHOUSE_URL must start with http://, https:// or chdb://, got {mask_url(url)}"
+        )
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from e
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from e
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from `environ` (default: the process environment)."""
+    env = os.environ if environ is None else environ
+    store = _text(env, "CLICKHOUSE_URL") or f"chdb://{os.path.abspath(DEFAULT_STORE)}"
+    offset = _choice(env, "KAFKA_STARTING_OFFSET", "earliest", ("earliest", "latest"))
+    return Settings(
+        kafka_bootstrap_servers=_text(env, "KAFKA_BOOTSTRAP_SERVERS"),
+        kafka_topic=_text(env, "KAFKA_TOPIC") or "events",
+        kafka_dlq_topic=_text(env, "KAFKA_DLQ_TOPIC") or "events.dlq",
+        kafka_starting_offset="latest" if offset == "latest" else "earliest",
+        kafka_stop_at_end=_bool(env, "KAFKA_STOP_AT_END", False),
+        kafka_security=KafkaSecurity(
+            protocol=_text(env, "KAFKA_SECURITY_PROTOCOL"),
+            sasl_mechanism=_text(env, "KAFKA_SASL_MECHANISM"),
+            sasl_username=_text(env, "KAFKA_SASL_USERNAME"),
+            sasl_password=_text(env, "KAFKA_SASL_PASSWORD"),
+            ssl_cafile=_text(env, "KAFKA_SSL_CAFILE"),
+        ),
+        clickhouse_url=store,
+        window_seconds=_int(env, "WINDOW_SECONDS", 60),
+        allowed_lateness_seconds=_int(env, "ALLOWED_LATENESS_SECONDS", 10),
+        session_gap_seconds=_int(env, "SESSION_GAP_SECONDS", 1800),
+        generator_events=_int(env, "GENERATOR_EVENTS", DEFAULT_GENERATOR_EVENTS),
+        generator_rate=_float(env, "GENERATOR_RATE", 0.0),
+        generator_seed=_int(env, "GENERATOR_SEED", DEFAULT_GENERATOR_SEED),
+    )
