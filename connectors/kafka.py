@@ -1,0 +1,229 @@
+"""Kafka I/O on kafka-python: a partitioned Bytewax source and the dead-letter sink.
+
+The source has one Bytewax partition per Kafka partition. Its snapshot is the next offset
+to read, so a resumed flow continues exactly after what it had emitted; without recovery
+state a partition starts at `earliest` or `latest`. Each poll becomes one `InputBatch`.
+In bounded mode a partition stops at the end offset it saw when it was built. A live,
+caught-up partition emits `IdleTick`s so idle windows still close.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+from connectors.metrics import CONSUMER_LAG, DLQ_RECORDS, RECORDS_CONSUMED
+from dataflows.records import IdleTick, InputBatch, SourceItem, SourceRecord
+from dataflows.rows import DeadLetterRow
+from dataflows.settings import StartingOffset
+from waxhouse.errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+KeyedItem = tuple[str, SourceItem]
+
+_METADATA_TIMEOUT_S = 60.0
+_FETCH_WAIT = timedelta(milliseconds=5)  # a fetch is in flight: look again soon
+_CAUGHT_UP_WAIT = timedelta(milliseconds=50)  # nothing new: poll gently
+_IDLE_TICK_EVERY_S = 0.2
+
+
+def _consumer(bootstrap: str, options: Mapping[str, object]) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=10_000,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        **options,
+    )
+
+
+class _KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        tp: TopicPartition,
+        part: str,
+        next_offset: int,
+        stop_at: int | None,
+    ) -> None:
+        self._consumer = consumer
+        self._tp = tp
+        self._part = part
+        self._prefix = f"{part}/"
+        self._next_offset = next_offset
+        self._stop_at = stop_at
+        self._last_data = time.monotonic()
+        self._last_tick = 0.0
+        self._wait: timedelta | None = None
+        self._consumed = RECORDS_CONSUMED.labels(topic=tp.topic, partition=str(tp.partition))
+        self._lag = CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition))
+
+    def _done(self) -> bool:
+        return self._stop_at is not None and self._next_offset >= self._stop_at
+
+    def next_batch(self) -> list[KeyedItem]:
+        if self._done():
+            raise StopIteration
+        polled = self._consumer.poll(timeout_ms=0, max_records=10_000)
+        records = polled.get(self._tp, [])
+        highwater = self._consumer.highwater(self._tp)
+        if not records:
+            caught_up = highwater is not None and self._next_offset >= highwater
+            self._wait = _CAUGHT_UP_WAIT if caught_up else _FETCH_WAIT
+            if highwater is not None:
+                self._lag.set(max(0, highwater - self._next_offset))
+            return self._idle_tick(highwater)
+        self._wait = None
+        self._last_data = time.monotonic()
+        if self._stop_at is not None:
+            records = [r for r in records if r.offset < self._stop_at]
+        batch = [SourceRecord(r.offset, r.value, r.timestamp) for r in records]
+        if batch:
+            self._next_offset = batch[-1].offset + 1
+        else:
+            self._next_offset = self._stop_at or self._next_offset
+        self._consumed.inc(len(batch))
+        if highwater is not None:
+            self._lag.set(max(0, highwater - self._next_offset))
+        return [(self._part, InputBatch(self._part, self._prefix, batch))]
+
+    def _idle_tick(self, highwater: int | None) -> list[KeyedItem]:
+        """A live partition that has read all there is lets wall-clock time pass."""
+        if self._stop_at is not None or highwater is None or self._next_offset < highwater:
+            return []
+        now = time.monotonic()
+        if now - self._last_tick < _IDLE_TICK_EVERY_S:
+            return []
+        self._last_tick = now
+        idle_ms = int((now - self._last_data) * 1000)
+        return [(self._part, IdleTick(self._part, idle_ms))]
+
+    def next_awake(self) -> datetime | None:
+        if self._wait is None:
+            return None
+        return datetime.now(timezone.utc) + self._wait
+
+    def snapshot(self) -> int:
+        return self._next_offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaSource(FixedPartitionedSource[KeyedItem, int]):
+    """Every partition of one topic, each resumable from its next offset."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        starting_offset: StartingOffset = "earliest",
+        stop_at_end: bool = False,
+        client_options: Mapping[str, object] | None = None,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        self._starting_offset = starting_offset
+        self._stop_at_end = stop_at_end
+        self._options = dict(client_options or {})
+
+    def list_parts(self) -> list[str]:
+        consumer = _consumer(self._bootstrap, self._options)
+        try:
+            deadline = time.monotonic() + _METADATA_TIMEOUT_S
+            while True:
+                partitions = consumer.partitions_for_topic(self._topic)
+                if partitions:
+                    return [f"{self._topic}/{p}" for p in sorted(partitions)]
+                if time.monotonic() > deadline:
+                    raise SourceError(
+                        f"Kafka topic {self._topic!r} not found at {self._bootstrap} "
+                        f"after {_METADATA_TIMEOUT_S:.0f} s"
+                    )
+                logger.warning("waiting for Kafka topic %r to appear", self._topic)
+                time.sleep(1.0)
+        finally:
+            consumer.close()
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _KafkaPartition:
+        topic, _, partition = for_part.rpartition("/")
+        tp = TopicPartition(topic, int(partition))
+        consumer = _consumer(self._bootstrap, self._options)
+        try:
+            consumer.assign([tp])
+            if resume_state is not None:
+                consumer.seek(tp, resume_state)
+            elif self._starting_offset == "earliest":
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek_to_end(tp)
+            next_offset = consumer.position(tp)
+            stop_at = consumer.end_offsets([tp])[tp] if self._stop_at_end else None
+        except KafkaError as e:
+            consumer.close()
+            raise SourceError(f"cannot open Kafka partition {for_part}: {e}") from e
+        logger.info(
+            "partition %s starts at offset %d (%s)%s",
+            for_part,
+            next_offset,
+            "resumed" if resume_state is not None else self._starting_offset,
+            f", stops at {stop_at}" if stop_at is not None else "",
+        )
+        return _KafkaPartition(consumer, tp, for_part, next_offset, stop_at)
+
+
+class _DeadLetterPartition(StatelessSinkPartition[DeadLetterRow]):
+    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+
+    def write_batch(self, items: list[DeadLetterRow]) -> None:
+        for row in items:
+            headers = [
+                ("reason", row.reason.encode()),
+                ("error", row.error.encode()),
+                ("source", row.source.encode()),
+            ]
+            self._producer.send(self._topic, value=row.payload, headers=headers)
+            DLQ_RECORDS.labels(reason=row.reason).inc()
+        # Durable before the epoch can close: a crash after this never loses a letter.
+        self._producer.flush()
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class KafkaDeadLetterSink(DynamicSink[DeadLetterRow]):
+    """Raw rejected records to the DLQ topic with `reason`/`error`/`source` headers."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        client_options: Mapping[str, object] | None = None,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        self._options = dict(client_options or {})
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
+        producer = KafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_request_size=16 * 1024 * 1024,
+            **self._options,
+        )
+        return _DeadLetterPartition(producer, self._topic)

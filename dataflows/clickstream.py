@@ -1,0 +1,73 @@
+"""Clickstream analytics: events -> validation -> page_stats, user_sessions, dead_letters.
+
+    python -m bytewax.run dataflows.clickstream
+
+With `KAFKA_BOOTSTRAP_SERVERS` unset it runs embedded: the built-in generator feeds it
+and results land in the chDB store at ./data/clickhouse. See README.md for the rest.
+"""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from connectors.clickhouse import ClickHouseSink
+from connectors.generator import GeneratorConfig, GeneratorSource
+from connectors.kafka import KafkaDeadLetterSink, KafkaSource
+from dataflows.settings import Settings, load_settings
+from dataflows.steps import PartitionWindowLogic, parse
+from dataflows.windows import WindowConfig
+from waxhouse.errors import SettingsError
+from waxhouse.logs import configure_logging
+from waxhouse.report import RunReport
+
+
+def build_flow(settings: Settings) -> Dataflow:
+    flow = Dataflow("clickstream")
+    if settings.embedded:
+        generator = GeneratorConfig(seed=settings.generator_seed, events=settings.generator_events)
+        source = GeneratorSource(generator, rate=settings.generator_rate)
+    else:
+        source = KafkaSource(
+            settings.kafka_bootstrap_servers or "",
+            settings.kafka_topic,
+            starting_offset=settings.kafka_starting_offset,
+            stop_at_end=settings.kafka_stop_at_end,
+            client_options=settings.kafka_security.client_options(),
+        )
+    # (source partition, batch of raw records | idle tick)
+    batches = op.input("input", flow, source)
+    parsed = op.map_value("parse", batches, parse)
+    windows = WindowConfig(
+        window_ms=settings.window_ms,
+        lateness_ms=settings.lateness_ms,
+        session_gap_ms=settings.session_gap_ms,
+    )
+    # (source partition, closed windows + sessions + dead letters)
+    rows = op.stateful_batch("windows", parsed, PartitionWindowLogic.builder(windows))
+
+    to_clickhouse = op.map("route", rows, lambda kv: ("clickhouse", kv[1]))
+    report = RunReport(settings)
+    op.output("clickhouse", to_clickhouse, ClickHouseSink(settings.clickhouse_url, on_close=report))
+
+    if not settings.embedded:
+        dead = op.flat_map("dead_letters", rows, lambda kv: kv[1].dead_letters)
+        dlq = KafkaDeadLetterSink(
+            settings.kafka_bootstrap_servers or "",
+            settings.kafka_dlq_topic,
+            client_options=settings.kafka_security.client_options(),
+        )
+        op.output("dlq", dead, dlq)
+    return flow
+
+
+def _load() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as e:
+        raise SystemExit(f"waxhouse: invalid configuration: {e}") from None
+
+
+settings = _load()
+configure_logging(settings.log_level)
+flow = build_flow(settings)

@@ -1,0 +1,150 @@
+"""The input event model and its parser.
+
+Parsing is errors-as-data: every record becomes either an `Event` or a `DeadLetterRow`
+with a reason (`invalid_json` or `invalid_event`) and an error naming the field. It never
+raises on bad input.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from typing import Literal, NamedTuple
+
+import orjson
+
+from dataflows.records import InputBatch
+from dataflows.rows import DeadLetterRow
+
+EventType = Literal["page_view", "click", "add_to_cart", "purchase"]
+EVENT_TYPES: frozenset[str] = frozenset(("page_view", "click", "add_to_cart", "purchase"))
+DeadLetterReason = Literal["invalid_json", "invalid_event", "late"]
+
+MAX_TS_MS = 253402300799999
+MAX_VALUE = 1e9
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+class Event(NamedTuple):
+    """A valid event, with the record it came from (for a later `late` dead letter)."""
+
+    event_id: str
+    user_id: str
+    type: str
+    page: str
+    ts: int  # event time, epoch milliseconds
+    cents: int  # round(value * 100); 0 when value is missing
+    source: str
+    payload: bytes
+    received_at_ms: int
+
+
+class InvalidField(ValueError):
+    """A field rule is broken; the message names the field."""
+
+
+def parse_timestamp(raw: object) -> int:
+    """Epoch milliseconds from an integer or an RFC 3339 string with an explicit offset."""
+    if type(raw) is int:
+        if 0 <= raw <= MAX_TS_MS:
+            return raw
+        raise InvalidField(f"ts: epoch milliseconds out of range 0..{MAX_TS_MS}")
+    if isinstance(raw, str):
+        return _parse_rfc3339(raw)
+    raise InvalidField("ts: must be integer epoch milliseconds or an RFC 3339 string")
+
+
+def _parse_rfc3339(text: str) -> int:
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise InvalidField("ts: not an RFC 3339 timestamp with an explicit offset (Z or ±hh:mm)")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    try:
+        local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+    except ValueError as e:
+        raise InvalidField(f"ts: invalid date or time: {e}") from e
+    if zulu:
+        offset_minutes = 0
+    else:
+        if int(off_h) > 23 or int(off_m) > 59:
+            raise InvalidField("ts: invalid UTC offset")
+        offset_minutes = (int(off_h) * 60 + int(off_m)) * (-1 if sign == "-" else 1)
+    millis = int((fraction or "0")[:3].ljust(3, "0"))
+    seconds = (local.toordinal() - _EPOCH_ORDINAL) * 86_400 + (
+        local.hour * 3600 + local.minute * 60 + local.second - offset_minutes * 60
+    )
+    ms = seconds * 1000 + millis
+    if not 0 <= ms <= MAX_TS_MS:
+        raise InvalidField(f"ts: out of range 0..{MAX_TS_MS} epoch milliseconds")
+    return ms
+
+
+def _text(obj: dict[str, object], name: str, max_len: int) -> str:
+    value = obj.get(name)
+    if type(value) is str and 0 < len(value) <= max_len:
+        return value
+    if value is None:
+        raise InvalidField(f"{name}: required")
+    raise InvalidField(f"{name}: must be a string of 1 to {max_len} characters")
+
+
+def _cents(obj: dict[str, object]) -> int:
+    value = obj.get("value")
+    if value is None:
+        return 0
+    kind = type(value)
+    if kind is not int and kind is not float:
+        raise InvalidField("value: must be a number")
+    if not 0 <= value <= MAX_VALUE:  # type: ignore[operator]
+        raise InvalidField("value: must be between 0 and 1e9")
+    return round(value * 100)  # type: ignore[operator]
+
+
+def _event(obj: dict[str, object], source: str, payload: bytes, received_at_ms: int) -> Event:
+    event_id = _text(obj, "event_id", 128)
+    user_id = _text(obj, "user_id", 256)
+    kind = obj.get("type")
+    if kind not in EVENT_TYPES:
+        raise InvalidField(f"type: must be one of {', '.join(sorted(EVENT_TYPES))}")
+    page = _text(obj, "page", 2048)
+    if "ts" not in obj:
+        raise InvalidField("ts: required")
+    ts = parse_timestamp(obj["ts"])
+    return Event(event_id, user_id, kind, page, ts, _cents(obj), source, payload, received_at_ms)  # type: ignore[arg-type]
+
+
+def parse_record(
+    value: bytes | None, source: str, received_at_ms: int
+) -> Event | DeadLetterRow:
+    """One record's bytes -> an event, or a dead letter saying why not."""
+    payload = value if value is not None else b""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        return DeadLetterRow(source, "invalid_json", str(e), payload, received_at_ms)
+    if type(obj) is not dict:
+        error = f"expected a JSON object, got {type(obj).__name__}"
+        return DeadLetterRow(source, "invalid_json", error, payload, received_at_ms)
+    try:
+        return _event(obj, source, payload, received_at_ms)
+    except InvalidField as e:
+        return DeadLetterRow(source, "invalid_event", str(e), payload, received_at_ms)
+
+
+def parse_batch(batch: InputBatch) -> tuple[list[Event], list[DeadLetterRow]]:
+    """Parse a whole batch, keeping partition order."""
+    events: list[Event] = []
+    dead: list[DeadLetterRow] = []
+    prefix = batch.source_prefix
+    for offset, value, timestamp_ms in batch.records:
+        parsed = parse_record(value, f"{prefix}{offset}", timestamp_ms)
+        if type(parsed) is Event:
+            events.append(parsed)
+        else:
+            dead.append(parsed)  # type: ignore[arg-type]
+    return events, dead

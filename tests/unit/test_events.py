@@ -1,0 +1,220 @@
+"""The parser: every field rule, every dead-letter reason, every timestamp form."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataflows.events import MAX_TS_MS, Event, parse_batch, parse_record, parse_timestamp
+from dataflows.records import InputBatch, SourceRecord
+from dataflows.rows import DeadLetterRow
+
+VALID = {
+    "event_id": "e1",
+    "user_id": "u1",
+    "type": "purchase",
+    "page": "/p",
+    "ts": 1_767_225_600_000,
+    "value": 19.99,
+}
+
+
+def record(**changes: object) -> bytes:
+    obj = {**VALID, **changes}
+    return orjson.dumps({k: v for k, v in obj.items() if v is not _MISSING})
+
+
+_MISSING = object()
+
+
+def parse(value: bytes) -> Event | DeadLetterRow:
+    return parse_record(value, "events/0/7", 1234)
+
+
+def test_valid_event_keeps_every_field_and_its_record() -> None:
+    event = parse(record())
+    assert event == Event(
+        "e1", "u1", "purchase", "/p", 1_767_225_600_000, 1999, "events/0/7", record(), 1234
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "error_field"),
+    [
+        (record(event_id=_MISSING), "event_id"),
+        (record(event_id=""), "event_id"),
+        (record(event_id="x" * 129), "event_id"),
+        (record(event_id=17), "event_id"),
+        (record(user_id=_MISSING), "user_id"),
+        (record(user_id=""), "user_id"),
+        (record(user_id="u" * 257), "user_id"),
+        (record(user_id=None), "user_id"),
+        (record(type="refund"), "type"),
+        (record(type=_MISSING), "type"),
+        (record(type="PURCHASE"), "type"),
+        (record(page=""), "page"),
+        (record(page="/" * 2049), "page"),
+        (record(page=["/p"]), "page"),
+        (record(ts=_MISSING), "ts"),
+        (record(ts=-1), "ts"),
+        (record(ts=MAX_TS_MS + 1), "ts"),
+        (record(ts=1.5e12), "ts"),
+        (record(ts=True), "ts"),
+        (record(ts=None), "ts"),
+        (record(ts="2026-11-26T10:15:30.250"), "ts"),
+        (record(ts="2026-11-26 10:15"), "ts"),
+        (record(ts="2026-02-30T10:15:30Z"), "ts"),
+        (record(ts="2026-11-26T25:15:30Z"), "ts"),
+        (record(ts="2026-11-26T10:15:30+24:00"), "ts"),
+        (record(ts="0001-01-01T00:00:00+01:00"), "ts"),
+        (record(ts="1969-12-31T23:59:59.999Z"), "ts"),
+        (record(ts="yesterday"), "ts"),
+        (record(value=-0.01), "value"),
+        (record(value=1e9 + 1), "value"),
+        (record(value=True), "value"),
+        (record(value="12.50"), "value"),
+        (record(value={"amount": 1}), "value"),
+    ],
+)
+def test_field_rule_broken_is_invalid_event_naming_the_field(raw: bytes, error_field: str) -> None:
+    dead = parse(raw)
+    assert isinstance(dead, DeadLetterRow)
+    assert dead.reason == "invalid_event"
+    assert dead.error.startswith(f"{error_field}:")
+    assert (dead.source, dead.payload, dead.received_at_ms) == ("events/0/7", raw, 1234)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b'{"event_id": "e1",',
+        b"\xff\xfe\x00garbage",
+        b'{"event_id": "\xff"}',
+        b"[1, 2]",
+        b"null",
+        b'"a string"',
+        b"42",
+        b"[" * 3000 + b"]" * 3000,
+    ],
+)
+def test_not_a_json_object_is_invalid_json(raw: bytes) -> None:
+    dead = parse(raw)
+    assert isinstance(dead, DeadLetterRow)
+    assert dead.reason == "invalid_json"
+    assert dead.payload == raw
+
+
+def test_missing_value_is_invalid_json_for_none_payload() -> None:
+    dead = parse_record(None, "events/0/1", 5)
+    assert isinstance(dead, DeadLetterRow)
+    assert (dead.reason, dead.payload) == ("invalid_json", b"")
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        (0, 0),
+        (MAX_TS_MS, MAX_TS_MS),
+        (1_767_225_600_123, 1_767_225_600_123),
+        ("1970-01-01T00:00:00Z", 0),
+        ("2026-11-26T10:15:30.250Z", 1_795_688_130_250),
+        ("2026-11-26T10:15:30.250z", 1_795_688_130_250),
+        ("2026-11-26t10:15:30.250Z", 1_795_688_130_250),
+        ("2026-11-26T10:15:30.2509999Z", 1_795_688_130_250),  # sub-ms digits truncated
+        ("2026-11-26T10:15:30.2Z", 1_795_688_130_200),
+        ("2026-11-26T10:15:30Z", 1_795_688_130_000),
+        ("2026-11-26T11:15:30.250+01:00", 1_795_688_130_250),
+        ("2026-11-26T04:45:30.250-05:30", 1_795_688_130_250),
+        ("2026-11-26T10:15:30.250+00:00", 1_795_688_130_250),
+        ("9999-12-31T23:59:59.999Z", MAX_TS_MS),
+        ("1970-01-01T01:00:00+01:00", 0),
+    ],
+)
+def test_timestamp_forms(ts: object, expected: int) -> None:
+    assert parse_timestamp(ts) == expected
+    event = parse(record(ts=ts))
+    assert isinstance(event, Event)
+    assert event.ts == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "cents"),
+    [
+        (_MISSING, 0),
+        (None, 0),
+        (0, 0),
+        (19.99, 1999),
+        (0.1, 10),
+        (0.29, 29),
+        (1.005, 100),  # float 1.005 is 1.00499..., round() says 100
+        (20, 2000),
+        (123.456, 12346),
+        (1e9, 100_000_000_000),
+    ],
+)
+def test_value_is_summed_as_integer_cents(value: object, cents: int) -> None:
+    event = parse(record(value=value))
+    assert isinstance(event, Event)
+    assert event.cents == cents
+
+
+def test_unknown_fields_are_ignored_and_unicode_kept() -> None:
+    event = parse(record(page="/café/日本語-🙂", extra={"nested": [1, 2]}))
+    assert isinstance(event, Event)
+    assert event.page == "/café/日本語-🙂"
+
+
+def test_parse_batch_keeps_partition_order_and_names_sources() -> None:
+    batch = InputBatch(
+        "events/3",
+        "events/3/",
+        [
+            SourceRecord(10, record(event_id="a"), 1),
+            SourceRecord(11, b"nope", 2),
+            SourceRecord(12, record(event_id="b"), 3),
+        ],
+    )
+    events, dead = parse_batch(batch)
+    assert [e.event_id for e in events] == ["a", "b"]
+    assert [e.source for e in events] == ["events/3/10", "events/3/12"]
+    assert [(d.source, d.reason) for d in dead] == [("events/3/11", "invalid_json")]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+event_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": st.text(max_size=130) | json_values,
+        "user_id": st.text(max_size=5) | json_values,
+        "type": st.sampled_from(["page_view", "click", "add_to_cart", "purchase", "x"]),
+        "page": st.text(max_size=5) | json_values,
+        "ts": st.integers(min_value=-10, max_value=MAX_TS_MS + 10) | st.text() | json_values,
+        "value": st.floats(allow_nan=False) | st.integers() | json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200) | event_like.map(lambda d: json.dumps(d).encode()))
+def test_parser_never_raises_and_classifies_every_record(raw: bytes) -> None:
+    parsed = parse(raw)
+    if isinstance(parsed, Event):
+        obj = json.loads(raw)
+        assert parsed.event_id == obj["event_id"] and parsed.user_id == obj["user_id"]
+        assert 0 <= parsed.ts <= MAX_TS_MS
+        assert parsed.cents >= 0
+    else:
+        assert isinstance(parsed, DeadLetterRow)
+        assert parsed.reason in ("invalid_json", "invalid_event")
+        assert parsed.payload == raw

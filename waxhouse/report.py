@@ -1,0 +1,59 @@
+"""The summary a finished run prints: what came in, what landed, how fast."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from dataflows.settings import Settings, mask_url
+
+logger = logging.getLogger(__name__)
+
+_REASONS = ("invalid_json", "invalid_event", "late")
+EXAMPLE_QUERY = (
+    "SELECT page, sum(views) AS views, sum(purchases) AS purchases, sum(revenue) AS revenue "
+    "FROM page_stats GROUP BY page ORDER BY views DESC LIMIT 5"
+)
+
+
+def _metric(name: str, labels: dict[str, str] | None = None) -> int:
+    return int(REGISTRY.get_sample_value(name, labels or {}) or 0)
+
+
+class RunReport:
+    """Called by the ClickHouse sink with its open client just before it closes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._started = time.monotonic()
+
+    def __call__(self, client: Any) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        events = _metric("waxhouse_events_parsed_total")
+        rejected = {
+            reason: _metric("waxhouse_dead_letters_total", {"reason": reason})
+            for reason in _REASONS
+        }
+        records = events + rejected["invalid_json"] + rejected["invalid_event"]
+        counts = {
+            table: client.command(f"SELECT count() FROM {table}")  # noqa: S608 - fixed names
+            for table in ("page_stats", "user_sessions", "dead_letters")
+        }
+        lines = [
+            "",
+            f"waxhouse: {records:,} records in {elapsed:.1f} s ({records / elapsed:,.0f} records/s)",
+            f"  valid events      {events:,}",
+            "  dead letters      "
+            + ", ".join(f"{reason} {count:,}" for reason, count in rejected.items()),
+            "  rows in ClickHouse "
+            + ", ".join(f"{table} {count:,}" for table, count in counts.items()),
+            f"  store             {mask_url(self._settings.clickhouse_url)}",
+            "",
+            "Try:",
+            f'  waxhouse sql "{EXAMPLE_QUERY}"',
+            "",
+        ]
+        print("\n".join(lines), flush=True)
