@@ -1,0 +1,421 @@
+"""ClickHouse sink: shape output rows in pure code, insert them in one place, with retries.
+
+`ClickHouseSink` has a single partition, so in a multi-process run exactly one process
+opens the store (an embedded chDB store allows no more). `write_batch` returns only once
+the rows are in ClickHouse: recovery relies on it. Replays and retries are safe because
+the tables deduplicate on each row's identity and keep its highest version.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError
+
+from connectors.clickhouse_store import (
+    ClickHouseTarget,
+    ensure_schema,
+    open_client,
+    parse_clickhouse_url,
+)
+from connectors.metrics import (
+    SINK_BATCH_SECONDS,
+    SINK_BATCHES,
+    SINK_ERRORS,
+    SINK_RETRIES,
+    SINK_ROWS,
+)
+from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
+from waxhouse.errors import SinkError
+
+__all__ = [
+    "DEAD_LETTERS_TABLE",
+    "PAGE_STATS_TABLE",
+    "TRANSIENT_ERROR_CODES",
+    "USER_SESSIONS_TABLE",
+    "ClickHouseSink",
+    "ClickHouseTarget",
+    "ClickHouseWriter",
+    "InsertClient",
+    "Retrier",
+    "RetryPolicy",
+    "TableSpec",
+    "cents_to_decimal",
+    "dead_letter_values",
+    "ensure_schema",
+    "is_transient",
+    "ms_to_datetime",
+    "open_client",
+    "page_stats_values",
+    "parse_clickhouse_url",
+    "session_values",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PART_NAME = "clickhouse"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_DATETIME = "DateTime64(3, 'UTC')"
+_MONEY = "Decimal(18, 2)"
+
+# ClickHouse error codes worth another attempt: overload, timeouts, network, replicas.
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        159,  # TIMEOUT_EXCEEDED
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        252,  # TOO_MANY_PARTS
+        285,  # TOO_FEW_LIVE_REPLICAS
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        373,  # SESSION_IS_LOCKED
+        425,  # SYSTEM_ERROR
+        439,  # CANNOT_SCHEDULE_TASK
+        999,  # KEEPER_EXCEPTION
+    }
+)
+
+
+# --- tables and row shaping (pure) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """A physical table: its name, the metric label (the contract name), columns, types."""
+
+    name: str
+    label: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+
+PAGE_STATS_TABLE = TableSpec(
+    name="page_stats_data",
+    label="page_stats",
+    columns=(
+        "window_start",
+        "window_end",
+        "page",
+        "part",
+        "views",
+        "clicks",
+        "add_to_carts",
+        "purchases",
+        "revenue",
+        "unique_users",
+        "version",
+    ),
+    types=(_DATETIME, _DATETIME, "String", "String", *["UInt64"] * 4, _MONEY, "UInt64", "UInt64"),
+)
+USER_SESSIONS_TABLE = TableSpec(
+    name="user_sessions_data",
+    label="user_sessions",
+    columns=(
+        "user_id",
+        "session_start",
+        "session_end",
+        "events",
+        "page_views",
+        "purchases",
+        "revenue",
+        "entry_page",
+        "exit_page",
+        "version",
+    ),
+    types=("String", _DATETIME, _DATETIME, *["UInt64"] * 3, _MONEY, "String", "String", "UInt64"),
+)
+DEAD_LETTERS_TABLE = TableSpec(
+    name="dead_letters_data",
+    label="dead_letters",
+    columns=("source", "reason", "error", "payload", "received_at"),
+    types=("String", "String", "String", "String", _DATETIME),
+)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """Epoch milliseconds as an aware UTC datetime, exactly (no float rounding)."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def cents_to_decimal(cents: int) -> Decimal:
+    """Integer cents as an exact Decimal with two places: 1999 -> Decimal('19.99')."""
+    return Decimal(cents).scaleb(-2)
+
+
+def page_stats_values(row: PageStatsRow) -> tuple[Any, ...]:
+    """Column values of `row` in `PAGE_STATS_TABLE.columns` order."""
+    return (
+        ms_to_datetime(row.window_start_ms),
+        ms_to_datetime(row.window_end_ms),
+        row.page,
+        row.part,
+        row.views,
+        row.clicks,
+        row.add_to_carts,
+        row.purchases,
+        cents_to_decimal(row.revenue_cents),
+        row.unique_users,
+        row.version,
+    )
+
+
+def session_values(row: SessionRow) -> tuple[Any, ...]:
+    """Column values of `row` in `USER_SESSIONS_TABLE.columns` order."""
+    return (
+        row.user_id,
+        ms_to_datetime(row.session_start_ms),
+        ms_to_datetime(row.session_end_ms),
+        row.events,
+        row.page_views,
+        row.purchases,
+        cents_to_decimal(row.revenue_cents),
+        row.entry_page,
+        row.exit_page,
+        row.version,
+    )
+
+
+def dead_letter_values(row: DeadLetterRow) -> tuple[Any, ...]:
+    """Column values of `row` in `DEAD_LETTERS_TABLE.columns` order.
+
+    The payload goes in as the raw bytes it arrived as (it may not be valid UTF-8).
+    """
+    return (
+        row.source,
+        row.reason,
+        row.error,
+        bytes(row.payload),
+        ms_to_datetime(row.received_at_ms),
+    )
+
+
+# --- retries (pure) ---------------------------------------------------------------------
+
+
+def is_transient(error: Error) -> bool:
+    """Whether another attempt may succeed, judged from the exception's type and code.
+
+    `OperationalError` is clickhouse-connect's network/transport failure (including HTTP
+    429/503/504); a `DatabaseError` is transient only for the codes in
+    `TRANSIENT_ERROR_CODES`. Retrying an insert is safe: a duplicate is deduplicated.
+    """
+    if isinstance(error, OperationalError):
+        return True
+    return isinstance(error, DatabaseError) and error.code in TRANSIENT_ERROR_CODES
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, within a budget of attempts and time.
+
+    Retry `n` (1-based) waits a uniformly random time in
+    `[0, min(max_delay_seconds, base_delay_seconds * 2 ** (n - 1)))`. No retry starts once
+    `max_attempts` attempts were made, or if its wait would end past `max_elapsed_seconds`
+    after the first attempt began.
+    """
+
+    max_attempts: int = 10
+    max_elapsed_seconds: float = 300.0
+    base_delay_seconds: float = 0.5
+    max_delay_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.max_elapsed_seconds < 0 or self.base_delay_seconds < 0:
+            raise ValueError("max_elapsed_seconds and base_delay_seconds must be 0 or more")
+        if self.max_delay_seconds < self.base_delay_seconds:
+            raise ValueError("max_delay_seconds must be at least base_delay_seconds")
+
+    def ceiling(self, retry: int) -> float:
+        """The largest wait before retry number `retry` (1-based)."""
+        return min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (retry - 1))
+
+
+class InsertClient(Protocol):
+    """The part of a clickhouse-connect client the writer uses (faked in tests)."""
+
+    def insert(
+        self,
+        table: str | None = None,
+        data: Sequence[Sequence[Any]] | None = None,
+        column_names: str | Sequence[str] | None = "*",
+        database: str | None = None,
+        column_types: Any = None,
+        column_type_names: Sequence[str] | None = None,
+    ) -> Any: ...
+
+
+class Retrier:
+    """Runs an operation until it succeeds, retrying transient errors per a `RetryPolicy`.
+
+    `sleep`, `jitter` (uniform in [0, 1)) and `clock` (monotonic seconds) are injectable so
+    tests run without waiting. With `metric_label`, failed attempts and retries are counted
+    in `SINK_ERRORS` / `SINK_RETRIES` under that table label.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self._jitter = jitter
+        self._clock = clock
+
+    def call(self, operation: Callable[[], T], what: str, metric_label: str | None = None) -> T:
+        """`operation()`'s result; `SinkError` on a permanent error or an exhausted budget."""
+        started = self._clock()
+        attempt = 1
+        while True:
+            try:
+                return operation()
+            except Error as e:
+                if metric_label is not None:
+                    SINK_ERRORS.labels(metric_label).inc()
+                delay = self._delay(e, attempt, self._clock() - started)
+                if delay is None:
+                    failure = f"{what} failed after {attempt} attempt(s): {_describe(e)}"
+                    raise SinkError(failure) from e
+                if metric_label is not None:
+                    SINK_RETRIES.labels(metric_label).inc()
+                logger.warning(
+                    "%s failed (attempt %d, %s); retrying in %.2f s",
+                    what,
+                    attempt,
+                    _describe(e),
+                    delay,
+                )
+                self._sleep(delay)
+                attempt += 1
+
+    def _delay(self, error: Error, attempt: int, elapsed: float) -> float | None:
+        """The wait before the next attempt, or None to give up."""
+        if not is_transient(error) or attempt >= self.policy.max_attempts:
+            return None
+        delay = self._jitter() * self.policy.ceiling(attempt)
+        if elapsed + delay > self.policy.max_elapsed_seconds:
+            return None
+        return delay
+
+
+class ClickHouseWriter:
+    """Writes a `RowBatch` table by table: all I/O goes through `_insert`."""
+
+    def __init__(self, client: InsertClient, retrier: Retrier | None = None) -> None:
+        self._client = client
+        self._retrier = retrier or Retrier()
+
+    def write(self, batch: RowBatch) -> None:
+        """Insert every row of `batch`; returns once all are in ClickHouse."""
+        self._insert(PAGE_STATS_TABLE, [page_stats_values(r) for r in batch.page_stats])
+        self._insert(USER_SESSIONS_TABLE, [session_values(r) for r in batch.sessions])
+        self._insert(DEAD_LETTERS_TABLE, [dead_letter_values(r) for r in batch.dead_letters])
+
+    def _insert(self, table: TableSpec, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        with SINK_BATCH_SECONDS.labels(table.label).time():
+            self._retrier.call(
+                lambda: self._client.insert(
+                    table.name, rows, column_names=table.columns, column_type_names=table.types
+                ),
+                f"Insert of {len(rows)} rows into {table.name}",
+                metric_label=table.label,
+            )
+        SINK_ROWS.labels(table.label).inc(len(rows))
+        SINK_BATCHES.labels(table.label).inc()
+
+
+def _describe(error: Error) -> str:
+    """Class, code and symbolic name: enough to act on, and never a URL or password."""
+    return f"{type(error).__name__} code={error.code} name={error.name}"
+
+
+# --- the Bytewax sink -------------------------------------------------------------------
+
+
+class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
+    def __init__(
+        self,
+        client: Client,
+        writer: ClickHouseWriter,
+        on_close: Callable[[Client], None] | None,
+    ) -> None:
+        self._client = client
+        self._writer = writer
+        self._on_close = on_close
+
+    def write_batch(self, values: list[RowBatch]) -> None:
+        batch = RowBatch()
+        for value in values:
+            batch.extend(value)
+        self._writer.write(batch)
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        try:
+            if self._on_close is not None:
+                self._on_close(self._client)
+        finally:
+            self._client.close()
+
+
+class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
+    """Writes `(key, RowBatch)` items to ClickHouse through one partition, `"clickhouse"`.
+
+    `on_close` is called with the open client just before it closes (at the end of a
+    bounded run), e.g. to print a summary. Nothing connects until `build_part`.
+    """
+
+    def __init__(
+        self,
+        target: ClickHouseTarget | str,
+        retry: RetryPolicy | None = None,
+        on_close: Callable[[Client], None] | None = None,
+    ) -> None:
+        self._target = parse_clickhouse_url(target) if isinstance(target, str) else target
+        self._retry = retry or RetryPolicy()
+        self._on_close = on_close
+
+    def list_parts(self) -> list[str]:
+        return [PART_NAME]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ClickHousePartition:
+        retrier = Retrier(self._retry)
+        logger.info("Opening ClickHouse at %s for %s", self._target, step_id)
+        client = retrier.call(lambda: _open_with_schema(self._target), f"Opening {self._target}")
+        return _ClickHousePartition(client, ClickHouseWriter(client, retrier), self._on_close)
+
+
+def _open_with_schema(target: ClickHouseTarget) -> Client:
+    client = open_client(target)
+    try:
+        ensure_schema(client)
+    except BaseException:
+        client.close()
+        raise
+    return client

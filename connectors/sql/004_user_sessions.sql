@@ -1,0 +1,13 @@
+-- user_sessions: one final row per session.
+CREATE OR REPLACE VIEW user_sessions AS
+SELECT
+    user_id,
+    session_start,
+    session_end,
+    events,
+    page_views,
+    purchases,
+    revenue,
+    entry_page,
+    exit_page
+FROM user_sessions_data FINAL

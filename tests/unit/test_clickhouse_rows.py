@@ -1,0 +1,491 @@
+"""ClickHouse sink without a server: URL parsing, row shaping, retries, table rendering."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from clickhouse_connect.driver.exceptions import (
+    DatabaseError,
+    Error,
+    OperationalError,
+    ProgrammingError,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+
+from connectors.clickhouse import (
+    DEAD_LETTERS_TABLE,
+    PAGE_STATS_TABLE,
+    USER_SESSIONS_TABLE,
+    ClickHouseSink,
+    ClickHouseTarget,
+    ClickHouseWriter,
+    InsertClient,
+    Retrier,
+    RetryPolicy,
+    cents_to_decimal,
+    dead_letter_values,
+    is_transient,
+    ms_to_datetime,
+    page_stats_values,
+    parse_clickhouse_url,
+    session_values,
+)
+from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
+from waxhouse.cli import render_json_lines, render_table
+from waxhouse.errors import SettingsError, SinkError
+
+UTC = timezone.utc
+MAX_TS_MS = 253402300799999
+
+# --- URL parsing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "http://localhost",
+            ClickHouseTarget(scheme="http", host="localhost", port=8123),
+        ),
+        (
+            "https://ch.example.com",
+            ClickHouseTarget(scheme="https", host="ch.example.com", port=8443),
+        ),
+        (
+            "http://alice:s3cret@ch:9000/analytics",
+            ClickHouseTarget(
+                scheme="http",
+                host="ch",
+                port=9000,
+                username="alice",
+                password="s3cret",
+                database="analytics",
+            ),
+        ),
+        (
+            "https://bob:p%40ss%3Aw%2Frd@ch:8443/",
+            ClickHouseTarget(
+                scheme="https", host="ch", port=8443, username="bob", password="p@ss:w/rd"
+            ),
+        ),
+        (
+            "http://:only-password@ch/my%20db",
+            ClickHouseTarget(
+                scheme="http", host="ch", port=8123, password="only-password", database="my db"
+            ),
+        ),
+        (
+            "http://[::1]:8123/db",
+            ClickHouseTarget(scheme="http", host="::1", port=8123, database="db"),
+        ),
+        (
+            "chdb:///var/lib/waxhouse/store",
+            ClickHouseTarget(scheme="chdb", path="/var/lib/waxhouse/store"),
+        ),
+    ],
+)
+def test_parse_clickhouse_url(url: str, expected: ClickHouseTarget) -> None:
+    assert parse_clickhouse_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://host",
+        "localhost:8123",
+        "http://",
+        "http://host:99999",
+        "http://host:port",
+        "http://host/a/b",
+        "http://host/db?secure=1",
+        "chdb://relative/path",
+        "chdb:",
+    ],
+)
+def test_parse_clickhouse_url_rejects(url: str) -> None:
+    with pytest.raises(SettingsError, match="CLICKHOUSE_URL"):
+        parse_clickhouse_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("http://alice:s3cret@ch:9000/analytics", "http://alice:***@ch:9000/analytics"),
+        ("https://ch", "https://default@ch:8443/default"),
+        ("http://[::1]/db", "http://default@[::1]:8123/db"),
+        ("chdb:///data/store", "chdb:///data/store"),
+    ],
+)
+def test_masked_form(url: str, masked: str) -> None:
+    target = parse_clickhouse_url(url)
+    assert target.masked() == masked
+    assert str(target) == masked
+
+
+@given(password=st.text(alphabet=st.characters(codec="utf-8"), min_size=1))
+def test_masked_form_and_repr_never_show_the_password(password: str) -> None:
+    target = parse_clickhouse_url(f"https://user:{quote(password, safe='')}@host:8443/db")
+    assert target.password == password
+    assert target.masked() == "https://user:***@host:8443/db"
+    assert repr(target) == repr(replace(target, password="something else"))
+
+
+# --- row shaping ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ms", "expected"),
+    [
+        (0, datetime(1970, 1, 1, tzinfo=UTC)),
+        (1, datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)),
+        (1_764_152_130_250, datetime(2025, 11, 26, 10, 15, 30, 250_000, tzinfo=UTC)),
+        (MAX_TS_MS, datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)),
+    ],
+)
+def test_ms_to_datetime_is_exact_and_aware(ms: int, expected: datetime) -> None:
+    value = ms_to_datetime(ms)
+    assert value == expected
+    assert value.utcoffset() is not None and value.utcoffset() == expected.utcoffset()
+
+
+@given(st.integers(min_value=0, max_value=MAX_TS_MS))
+def test_ms_to_datetime_round_trips(ms: int) -> None:
+    value = ms_to_datetime(ms)
+    back = value - datetime(1970, 1, 1, tzinfo=UTC)
+    assert back.days * 86_400_000 + back.seconds * 1000 + back.microseconds // 1000 == ms
+
+
+@pytest.mark.parametrize(
+    ("cents", "text"),
+    [(0, "0.00"), (1, "0.01"), (1999, "19.99"), (100, "1.00"), (100_000_000_000, "1000000000.00")],
+)
+def test_cents_to_decimal_is_exact(cents: int, text: str) -> None:
+    value = cents_to_decimal(cents)
+    assert value == Decimal(text)
+    assert str(value) == text
+
+
+def test_page_stats_values_follow_the_column_order() -> None:
+    row = PageStatsRow(
+        window_start_ms=60_000,
+        window_end_ms=120_000,
+        page="/home",
+        part="events/3",
+        views=5,
+        clicks=4,
+        add_to_carts=3,
+        purchases=2,
+        revenue_cents=1999,
+        unique_users=1,
+        version=15,
+    )
+    values = dict(zip(PAGE_STATS_TABLE.columns, page_stats_values(row), strict=True))
+    assert values == {
+        "window_start": datetime(1970, 1, 1, 0, 1, tzinfo=UTC),
+        "window_end": datetime(1970, 1, 1, 0, 2, tzinfo=UTC),
+        "page": "/home",
+        "part": "events/3",
+        "views": 5,
+        "clicks": 4,
+        "add_to_carts": 3,
+        "purchases": 2,
+        "revenue": Decimal("19.99"),
+        "unique_users": 1,
+        "version": 15,
+    }
+
+
+def test_session_values_follow_the_column_order() -> None:
+    row = SessionRow(
+        user_id="u1",
+        session_start_ms=0,
+        session_end_ms=MAX_TS_MS,
+        events=3,
+        page_views=2,
+        purchases=1,
+        revenue_cents=5,
+        entry_page="/a",
+        exit_page="/b",
+        version=3,
+    )
+    values = dict(zip(USER_SESSIONS_TABLE.columns, session_values(row), strict=True))
+    assert values == {
+        "user_id": "u1",
+        "session_start": datetime(1970, 1, 1, tzinfo=UTC),
+        "session_end": datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC),
+        "events": 3,
+        "page_views": 2,
+        "purchases": 1,
+        "revenue": Decimal("0.05"),
+        "entry_page": "/a",
+        "exit_page": "/b",
+        "version": 3,
+    }
+
+
+def test_dead_letter_values_keep_the_payload_bytes() -> None:
+    row = DeadLetterRow("events/0/7", "invalid_json", "not UTF-8", b"\xff\xfe{", 1_000)
+    values = dict(zip(DEAD_LETTERS_TABLE.columns, dead_letter_values(row), strict=True))
+    assert values == {
+        "source": "events/0/7",
+        "reason": "invalid_json",
+        "error": "not UTF-8",
+        "payload": b"\xff\xfe{",
+        "received_at": datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC),
+    }
+
+
+def test_table_specs_name_a_type_for_every_column() -> None:
+    for table in (PAGE_STATS_TABLE, USER_SESSIONS_TABLE, DEAD_LETTERS_TABLE):
+        assert len(table.columns) == len(table.types) == len(set(table.columns))
+
+
+# --- retries ----------------------------------------------------------------------------
+
+
+class FakeClient:
+    """An `InsertClient` that fails with the scripted errors, then records inserts."""
+
+    def __init__(self, errors: Sequence[Exception] = ()) -> None:
+        self.errors = list(errors)
+        self.attempts = 0
+        self.inserted: list[tuple[str, list[Any], tuple[str, ...], tuple[str, ...]]] = []
+
+    def insert(
+        self,
+        table: str | None = None,
+        data: Sequence[Sequence[Any]] | None = None,
+        column_names: str | Sequence[str] | None = "*",
+        database: str | None = None,
+        column_types: Any = None,
+        column_type_names: Sequence[str] | None = None,
+    ) -> Any:
+        self.attempts += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        assert table is not None and data is not None and column_type_names is not None
+        self.inserted.append(
+            (table, list(data), tuple(column_names or ()), tuple(column_type_names))
+        )
+        return None
+
+
+class FakeTime:
+    """A clock that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def make_writer(
+    client: InsertClient, fake_time: FakeTime, policy: RetryPolicy, jitter: float = 1.0
+) -> ClickHouseWriter:
+    retrier = Retrier(policy, sleep=fake_time.sleep, jitter=lambda: jitter, clock=fake_time.clock)
+    return ClickHouseWriter(client, retrier)
+
+
+def page_row(page: str = "/p", version: int = 1) -> PageStatsRow:
+    return PageStatsRow(0, 60_000, page, "events/0", 1, 0, 0, 0, 0, 1, version)
+
+
+def metric(name: str, table: str = "page_stats") -> float:
+    return REGISTRY.get_sample_value(name, {"table": table}) or 0.0
+
+
+def transient() -> Exception:
+    return DatabaseError("Too many parts", code=252, name="TOO_MANY_PARTS")
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        (OperationalError("Error executing HTTP request"), True),
+        (OperationalError("HTTP 503", code=None), True),
+        (DatabaseError("x", code=252), True),
+        (DatabaseError("x", code=159), True),
+        (DatabaseError("x", code=209), True),
+        (DatabaseError("x", code=210), True),
+        (DatabaseError("x", code=202), True),
+        (DatabaseError("x", code=241), True),
+        (DatabaseError("unknown table", code=60), False),
+        (DatabaseError("syntax", code=62), False),
+        (DatabaseError("auth", code=516), False),
+        (DatabaseError("no code"), False),
+        (ProgrammingError("Unable to open the chdb engine"), False),
+        # Only the code decides: a message that looks transient does not.
+        (DatabaseError("TOO_MANY_PARTS timeout network", code=53), False),
+    ],
+)
+def test_is_transient_uses_type_and_code(error: Error, retryable: bool) -> None:
+    assert is_transient(error) is retryable
+
+
+def test_transient_errors_are_retried_then_inserted_once() -> None:
+    client = FakeClient([transient(), OperationalError("reset"), transient()])
+    fake_time = FakeTime()
+    writer = make_writer(client, fake_time, RetryPolicy(max_attempts=5, base_delay_seconds=0.5))
+    before = {n: metric(n) for n in ("waxhouse_sink_errors_total", "waxhouse_sink_retries_total")}
+    rows_before = metric("waxhouse_sink_rows_total")
+    batches_before = metric("waxhouse_sink_batches_total")
+
+    writer.write(RowBatch(page_stats=[page_row("/a"), page_row("/b")]))
+
+    assert client.attempts == 4
+    assert len(client.inserted) == 1
+    table, data, columns, types = client.inserted[0]
+    assert (table, columns, types) == (
+        "page_stats_data",
+        PAGE_STATS_TABLE.columns,
+        PAGE_STATS_TABLE.types,
+    )
+    assert [row[2] for row in data] == ["/a", "/b"]
+    # Full jitter with the random source at its top: the ceilings 0.5 * 2 ** n.
+    assert fake_time.sleeps == [0.5, 1.0, 2.0]
+    assert metric("waxhouse_sink_errors_total") - before["waxhouse_sink_errors_total"] == 3
+    assert metric("waxhouse_sink_retries_total") - before["waxhouse_sink_retries_total"] == 3
+    assert metric("waxhouse_sink_rows_total") - rows_before == 2
+    assert metric("waxhouse_sink_batches_total") - batches_before == 1
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.25, 0.999])
+def test_sleeps_stay_within_the_jitter_bounds_and_the_cap(jitter: float) -> None:
+    client = FakeClient([transient() for _ in range(7)])
+    fake_time = FakeTime()
+    policy = RetryPolicy(max_attempts=10, base_delay_seconds=0.5, max_delay_seconds=4.0)
+    make_writer(client, fake_time, policy, jitter=jitter).write(RowBatch(page_stats=[page_row()]))
+
+    ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    assert fake_time.sleeps == pytest.approx([jitter * c for c in ceilings])
+    assert all(0 <= s < c for s, c in zip(fake_time.sleeps, ceilings, strict=True))
+
+
+def test_permanent_error_raises_without_retry() -> None:
+    error = DatabaseError("Unknown table", code=60, name="UNKNOWN_TABLE")
+    client = FakeClient([error])
+    fake_time = FakeTime()
+    errors_before = metric("waxhouse_sink_errors_total", "user_sessions")
+    retries_before = metric("waxhouse_sink_retries_total", "user_sessions")
+    writer = make_writer(client, fake_time, RetryPolicy())
+    session = SessionRow("u", 0, 1, 1, 1, 0, 0, "/a", "/a", 1)
+
+    with pytest.raises(SinkError, match=r"user_sessions_data.*UNKNOWN_TABLE") as raised:
+        writer.write(RowBatch(sessions=[session]))
+
+    assert raised.value.__cause__ is error
+    assert client.attempts == 1
+    assert fake_time.sleeps == []
+    assert metric("waxhouse_sink_errors_total", "user_sessions") - errors_before == 1
+    assert metric("waxhouse_sink_retries_total", "user_sessions") - retries_before == 0
+
+
+def test_attempt_budget_exhausted_raises() -> None:
+    client = FakeClient([transient() for _ in range(10)])
+    fake_time = FakeTime()
+    writer = make_writer(client, fake_time, RetryPolicy(max_attempts=3))
+
+    with pytest.raises(SinkError, match="after 3 attempt"):
+        writer.write(RowBatch(page_stats=[page_row()]))
+
+    assert client.attempts == 3
+    assert len(fake_time.sleeps) == 2
+    assert client.inserted == []
+
+
+def test_time_budget_exhausted_raises_before_a_pointless_wait() -> None:
+    client = FakeClient([OperationalError("down") for _ in range(10)])
+    fake_time = FakeTime()
+    policy = RetryPolicy(max_attempts=100, max_elapsed_seconds=5.0, base_delay_seconds=1.0)
+    writer = make_writer(client, fake_time, policy)
+
+    with pytest.raises(SinkError, match="after 3 attempt"):
+        writer.write(RowBatch(page_stats=[page_row()]))
+
+    # 1 + 2 seconds slept; the next wait (4 s) would end past the 5 s budget.
+    assert fake_time.sleeps == [1.0, 2.0]
+
+
+def test_other_exceptions_are_bugs_and_propagate_unwrapped() -> None:
+    client = FakeClient([TypeError("expected bytes, str found")])
+    writer = make_writer(client, FakeTime(), RetryPolicy())
+    with pytest.raises(TypeError):
+        writer.write(RowBatch(page_stats=[page_row()]))
+    assert client.attempts == 1
+
+
+def test_writer_inserts_each_non_empty_table_once() -> None:
+    client = FakeClient()
+    writer = make_writer(client, FakeTime(), RetryPolicy())
+    letter = DeadLetterRow("generator/1", "invalid_event", "ts", b"{}", 5)
+    writer.write(RowBatch(page_stats=[page_row("/a")], dead_letters=[letter]))
+    writer.write(RowBatch())
+    assert [table for table, *_ in client.inserted] == ["page_stats_data", "dead_letters_data"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"max_elapsed_seconds": -1.0},
+        {"base_delay_seconds": 2.0, "max_delay_seconds": 1.0},
+    ],
+)
+def test_retry_policy_rejects_nonsense(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**kwargs)
+
+
+# --- the sink without I/O ---------------------------------------------------------------
+
+
+def test_sink_has_one_partition_and_does_no_io_when_built() -> None:
+    # Nothing listens on port 1: constructing the sink must not try to connect.
+    sink = ClickHouseSink("http://user:pw@127.0.0.1:1/db")
+    assert sink.list_parts() == ["clickhouse"]
+    assert {sink.part_fn(key) for key in ("clickhouse", "other", "")} == {0}
+
+
+# --- CLI rendering ----------------------------------------------------------------------
+
+
+def test_render_table_aligns_columns_and_counts_rows() -> None:
+    when = datetime(2026, 11, 26, 10, 15, tzinfo=UTC)
+    text = render_table(
+        ["page", "views", "revenue", "window_start"],
+        [("/home", 12, Decimal("19.99"), when), ("/a-long-page", 3, Decimal("0.00"), when)],
+    )
+    assert text.splitlines() == [
+        "page         | views | revenue | window_start",
+        "-------------+-------+---------+------------------------------",
+        "/home        |    12 |   19.99 | 2026-11-26 10:15:00.000+00:00",
+        "/a-long-page |     3 |    0.00 | 2026-11-26 10:15:00.000+00:00",
+        "(2 rows)",
+    ]
+
+
+def test_render_table_with_no_rows() -> None:
+    assert render_table(["x"], []).splitlines() == ["x", "-", "(0 rows)"]
+
+
+def test_render_json_lines_keeps_decimals_exact() -> None:
+    when = datetime(2026, 11, 26, 10, 15, tzinfo=UTC)
+    text = render_json_lines(["page", "revenue", "at"], [("/é", Decimal("0.10"), when)])
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {"page": "/é", "revenue": "0.10", "at": "2026-11-26T10:15:00+00:00"}
+    ]

@@ -1,0 +1,181 @@
+"""The `waxhouse` command: query the configured ClickHouse store, apply its schema.
+
+    waxhouse sql "SELECT page, sum(views) FROM page_stats GROUP BY page"
+    waxhouse sql --format json "SELECT * FROM dead_letters WHERE reason = {r:String}" -p r=late
+    waxhouse schema
+
+The store is `CLICKHOUSE_URL` (default: the embedded chDB store at ./data/clickhouse). An
+embedded store can be open in one process at a time: stop a running flow before querying
+its store from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, TextIO
+
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from connectors.clickhouse_store import (
+    ClickHouseTarget,
+    ensure_schema,
+    open_client,
+    parse_clickhouse_url,
+)
+from dataflows.settings import load_settings
+from waxhouse.errors import SettingsError, WaxhouseError
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+
+def format_value(value: Any) -> str:
+    """One cell as text: datetimes in ISO form with milliseconds, NULL for None."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="milliseconds")
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An aligned text table (numbers right-aligned) followed by the row count."""
+    cells = [[format_value(v) for v in row] for row in rows]
+    widths = [len(c) for c in columns]
+    for line in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, line, strict=True)]
+    numeric = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in range(len(columns))]
+
+    def fmt(line: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if right else c.ljust(w)
+            for c, w, right in zip(line, widths, numeric, strict=True)
+        ]
+        return " | ".join(parts).rstrip()
+
+    out = [fmt(columns), "-+-".join("-" * w for w in widths)] if columns else []
+    out.extend(fmt(line) for line in cells)
+    out.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
+    return "\n".join(out)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)  # exact: "19.99", not a binary float
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def render_json_lines(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """One JSON object per row; decimals as strings, datetimes in ISO form."""
+    return "\n".join(
+        json.dumps(dict(zip(columns, row, strict=True)), default=_json_default, ensure_ascii=False)
+        for row in rows
+    )
+
+
+def _parameters(pairs: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SettingsError(f"--param must look like NAME=VALUE, got {pair!r}")
+        params[name] = value
+    return params
+
+
+def run_sql(
+    target: ClickHouseTarget, sql: str, params: dict[str, str], fmt: str, out: TextIO
+) -> None:
+    client = open_client(target)
+    try:
+        result = client.query(sql, parameters=params or None)
+        columns, rows = list(result.column_names), result.result_rows
+    finally:
+        client.close()
+    text = render_json_lines(columns, rows) if fmt == "json" else render_table(columns, rows)
+    if text:
+        print(text, file=out)
+
+
+def run_schema(target: ClickHouseTarget, out: TextIO) -> None:
+    """Apply the schema and say so."""
+    client = open_client(target)
+    try:
+        ensure_schema(client)
+    finally:
+        client.close()
+    print(f"Schema is up to date at {target}", file=out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="waxhouse",
+        description="Query the waxhouse ClickHouse store (CLICKHOUSE_URL) or apply its schema.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sql = commands.add_parser("sql", help="run one SQL statement and print its result")
+    sql.add_argument("query", help='the SQL statement, e.g. "SELECT * FROM page_stats"')
+    sql.add_argument(
+        "--format", choices=("table", "json"), default="table", help="table (default) or JSON lines"
+    )
+    sql.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="bind a query parameter used as {NAME:Type} in the statement (repeatable)",
+    )
+    commands.add_parser("schema", help="create the tables and views if missing")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        target = parse_clickhouse_url(load_settings().clickhouse_url)
+        params = _parameters(args.param) if args.command == "sql" else {}
+    except SettingsError as e:
+        print(f"waxhouse: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.command == "sql":
+            run_sql(target, args.query, params, args.format, sys.stdout)
+        else:
+            run_schema(target, sys.stdout)
+    except (ClickHouseError, WaxhouseError) as e:
+        print(f"waxhouse: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
