@@ -1,0 +1,81 @@
+"""Fixtures for integration tests: real servers, one topic (or database) per test."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka.errors import KafkaError
+
+from tests.support.kafka_broker import KafkaBroker, TopicFactory, create_topic, delete_topic
+
+logger = logging.getLogger(__name__)
+
+_INTEGRATION_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test in this directory ``integration``."""
+    for item in items:
+        if item.path.is_relative_to(_INTEGRATION_DIR):
+            item.add_marker(pytest.mark.integration)
+
+
+# ---------------------------------------------------------------------------
+# Kafka
+
+KAFKA_BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+
+
+@pytest.fixture(scope="session")
+def _session_kafka_broker() -> Iterator[KafkaBroker | None]:
+    """The broker this session runs, or None when ``KAFKA_BOOTSTRAP_SERVERS`` names one."""
+    if os.environ.get(KAFKA_BOOTSTRAP_ENV):
+        yield None
+        return
+    with KafkaBroker() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_session_kafka_broker: KafkaBroker | None) -> str:
+    """``host:port[,...]`` of the Kafka cluster for this session."""
+    if _session_kafka_broker is None:
+        return os.environ[KAFKA_BOOTSTRAP_ENV]
+    return _session_kafka_broker.bootstrap_servers
+
+
+@pytest.fixture
+def kafka_broker(_session_kafka_broker: KafkaBroker | None) -> Iterator[KafkaBroker]:
+    """The session's own broker, for tests that stop and start it.
+
+    Skips when an external broker is configured. If the test leaves the broker down, it is
+    started again afterwards so later tests find it running.
+    """
+    if _session_kafka_broker is None:
+        pytest.skip(f"{KAFKA_BOOTSTRAP_ENV} names an external broker, which tests cannot restart")
+    yield _session_kafka_broker
+    _session_kafka_broker.start()
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
+    """Create topics named ``<prefix>-<uuid>``; they are deleted after the test."""
+    created: list[str] = []
+
+    def create(partitions: int = 1, *, prefix: str = "topic") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex}"
+        create_topic(kafka_bootstrap, name, partitions)
+        created.append(name)
+        return name
+
+    yield create
+    for name in created:
+        try:
+            delete_topic(kafka_bootstrap, name, timeout_s=5.0)
+        except KafkaError as e:
+            logger.warning("could not delete test topic %s: %r", name, e)
