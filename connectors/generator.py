@@ -26,7 +26,7 @@ from typing import NamedTuple
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from dataflows.records import InputBatch, SourceRecord
+from dataflows.records import InputBatch, SourceItem, SourceRecord
 
 GENERATOR_PART = "generator"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -187,7 +187,7 @@ class ClickstreamGenerator:
         return orjson.dumps(broken)
 
 
-class _GeneratorPartition(StatefulSourcePartition[tuple[str, InputBatch], bytes]):
+class _GeneratorPartition(StatefulSourcePartition[tuple[str, SourceItem], bytes]):
     def __init__(self, generator: ClickstreamGenerator, rate: float, batch_size: int) -> None:
         self._gen = generator
         self._rate = rate
@@ -196,7 +196,7 @@ class _GeneratorPartition(StatefulSourcePartition[tuple[str, InputBatch], bytes]
         self._first_n = generator.n
         self._awake_at: float | None = None
 
-    def next_batch(self) -> list[tuple[str, InputBatch]]:
+    def next_batch(self) -> list[tuple[str, SourceItem]]:
         if self._gen.exhausted:
             raise StopIteration
         count = self._batch_size
@@ -208,9 +208,7 @@ class _GeneratorPartition(StatefulSourcePartition[tuple[str, InputBatch], bytes]
             self._awake_at = None if count > 0 else time.monotonic() + 1 / self._rate
             if count <= 0:
                 return []
-        records = [
-            SourceRecord(r.n, r.value, r.timestamp_ms) for r in self._gen.take(count)
-        ]
+        records = [SourceRecord(r.n, r.value, r.timestamp_ms) for r in self._gen.take(count)]
         batch = InputBatch(GENERATOR_PART, f"{GENERATOR_PART}/", records)
         return [(GENERATOR_PART, batch)]
 
@@ -224,7 +222,7 @@ class _GeneratorPartition(StatefulSourcePartition[tuple[str, InputBatch], bytes]
         return pickle.dumps(self._gen)
 
 
-class GeneratorSource(FixedPartitionedSource[tuple[str, InputBatch], bytes]):
+class GeneratorSource(FixedPartitionedSource[tuple[str, SourceItem], bytes]):
     """One partition of generated records; resumes from its pickled generator."""
 
     def __init__(self, config: GeneratorConfig, rate: float = 0.0, batch_size: int = 5_000):
@@ -241,5 +239,5 @@ class GeneratorSource(FixedPartitionedSource[tuple[str, InputBatch], bytes]):
         if resume_state is None:
             generator = ClickstreamGenerator(self._config)
         else:
-            generator = pickle.loads(resume_state)  # noqa: S301 - our own snapshot
+            generator = pickle.loads(resume_state)
         return _GeneratorPartition(generator, self._rate, self._batch_size)

@@ -155,9 +155,7 @@ class KafkaSource(FixedPartitionedSource[KeyedItem, int]):
         finally:
             consumer.close()
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: int | None
-    ) -> _KafkaPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         topic, _, partition = for_part.rpartition("/")
         tp = TopicPartition(topic, int(partition))
         consumer = _consumer(self._bootstrap, self._options)

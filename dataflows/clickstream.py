@@ -8,12 +8,16 @@ and results land in the chDB store at ./data/clickhouse. See README.md for the r
 
 from __future__ import annotations
 
+from typing import Any
+
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource
 
 from connectors.clickhouse import ClickHouseSink
 from connectors.generator import GeneratorConfig, GeneratorSource
 from connectors.kafka import KafkaDeadLetterSink, KafkaSource
+from dataflows.records import SourceItem
 from dataflows.settings import Settings, load_settings
 from dataflows.steps import PartitionWindowLogic, parse
 from dataflows.windows import WindowConfig
@@ -24,6 +28,7 @@ from waxhouse.report import RunReport
 
 def build_flow(settings: Settings) -> Dataflow:
     flow = Dataflow("clickstream")
+    source: FixedPartitionedSource[tuple[str, SourceItem], Any]
     if settings.embedded:
         generator = GeneratorConfig(seed=settings.generator_seed, events=settings.generator_events)
         source = GeneratorSource(generator, rate=settings.generator_rate)

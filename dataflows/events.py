@@ -8,7 +8,7 @@ raises on bad input.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Literal, NamedTuple
 
 import orjson
@@ -65,7 +65,15 @@ def _parse_rfc3339(text: str) -> int:
         raise InvalidField("ts: not an RFC 3339 timestamp with an explicit offset (Z or ±hh:mm)")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     try:
-        local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+        local = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=timezone.utc,
+        )
     except ValueError as e:
         raise InvalidField(f"ts: invalid date or time: {e}") from e
     if zulu:
@@ -115,12 +123,10 @@ def _event(obj: dict[str, object], source: str, payload: bytes, received_at_ms: 
     if "ts" not in obj:
         raise InvalidField("ts: required")
     ts = parse_timestamp(obj["ts"])
-    return Event(event_id, user_id, kind, page, ts, _cents(obj), source, payload, received_at_ms)  # type: ignore[arg-type]
+    return Event(event_id, user_id, kind, page, ts, _cents(obj), source, payload, received_at_ms)
 
 
-def parse_record(
-    value: bytes | None, source: str, received_at_ms: int
-) -> Event | DeadLetterRow:
+def parse_record(value: bytes | None, source: str, received_at_ms: int) -> Event | DeadLetterRow:
     """One record's bytes -> an event, or a dead letter saying why not."""
     payload = value if value is not None else b""
     try:

@@ -209,7 +209,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         generator_events=_int(env, "GENERATOR_EVENTS", DEFAULT_GENERATOR_EVENTS),
         generator_rate=_float(env, "GENERATOR_RATE", 0.0),
         generator_seed=_int(env, "GENERATOR_SEED", DEFAULT_GENERATOR_SEED),
-        log_level=_choice(
-            env, "WAXHOUSE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
-        ),
+        log_level=_choice(env, "WAXHOUSE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
     )

@@ -47,9 +47,9 @@ class PartitionWindowLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
         self._state = state
 
     @classmethod
-    def builder(cls, config: WindowConfig):  # noqa: ANN206 - Bytewax builder signature
+    def builder(cls, config: WindowConfig):
         def build(resume_state: bytes | None) -> PartitionWindowLogic:
-            state = None if resume_state is None else pickle.loads(resume_state)  # noqa: S301
+            state = None if resume_state is None else pickle.loads(resume_state)
             return cls(config, state)
 
         return build
@@ -76,9 +76,7 @@ class PartitionWindowLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
 
     def _emit(self, out: RowBatch) -> list[RowBatch]:
         if self._state is not None:
-            WATERMARK.labels(partition=self._state.part).set(
-                max(self._state.watermark, 0) / 1000
-            )
+            WATERMARK.labels(partition=self._state.part).set(max(self._state.watermark, 0) / 1000)
         late = sum(1 for row in out.dead_letters if row.reason == "late")
         if late:
             DEAD_LETTERS.labels(reason="late").inc(late)

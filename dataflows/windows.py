@@ -145,6 +145,17 @@ class UserSessions:
             self._touched.add(event.user_id)
             return True
         sessions, last_closed = state
+        if len(sessions) == 1:
+            # The common case: extend the user's one open session in place.
+            session = sessions[0]
+            if session[_START] - gap <= ts <= session[_END] + gap:
+                if session[_END] + gap + self._lateness < watermark:
+                    return False
+                if last_closed is not None and min(ts, session[_START]) - gap <= last_closed:
+                    return False
+                _add(session, event)
+                self._touched.add(event.user_id)
+                return True
         touching = [s for s in sessions if s[_START] - gap <= ts <= s[_END] + gap]
         if touching:
             if any(s[_END] + gap + self._lateness < watermark for s in touching):
@@ -233,6 +244,27 @@ def _new_session(event: Event) -> list:
         key,
         key,
     ]
+
+
+def _add(session: list, event: Event) -> None:
+    ts = event.ts
+    if ts < session[_START]:
+        session[_START] = ts
+    elif ts > session[_END]:
+        session[_END] = ts
+    session[_EVENTS] += 1
+    kind = event.type
+    if kind == "page_view":
+        session[_PAGE_VIEWS] += 1
+    elif kind == "purchase":
+        session[_S_PURCHASES] += 1
+        session[_S_CENTS] += event.cents
+    if ts <= session[_ENTRY][0] or ts >= session[_EXIT][0]:
+        key = (ts, event.event_id, event.page)
+        if key < session[_ENTRY]:
+            session[_ENTRY] = key
+        if key > session[_EXIT]:
+            session[_EXIT] = key
 
 
 def _merge(into: list, other: list) -> None:

@@ -44,7 +44,8 @@ class RunReport:
         }
         lines = [
             "",
-            f"waxhouse: {records:,} records in {elapsed:.1f} s ({records / elapsed:,.0f} records/s)",
+            f"waxhouse: {records:,} records in {elapsed:.1f} s "
+            f"({records / elapsed:,.0f} records/s)",
             f"  valid events      {events:,}",
             "  dead letters      "
             + ", ".join(f"{reason} {count:,}" for reason, count in rejected.items()),

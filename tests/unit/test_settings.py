@@ -1,0 +1,100 @@
+"""Configuration: defaults, parsing, and one clear error naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dataflows.settings import load_settings, mask_url
+from waxhouse.errors import SettingsError
+
+
+def test_defaults_are_embedded_mode_with_the_local_store() -> None:
+    settings = load_settings({})
+    assert settings.embedded
+    assert settings.clickhouse_url == "chdb://" + os.path.abspath("./data/clickhouse")
+    assert (settings.kafka_topic, settings.kafka_dlq_topic) == ("events", "events.dlq")
+    assert (settings.window_ms, settings.lateness_ms, settings.session_gap_ms) == (
+        60_000,
+        10_000,
+        1_800_000,
+    )
+    assert settings.kafka_starting_offset == "earliest"
+    assert settings.kafka_stop_at_end is False
+
+
+def test_kafka_mode_and_overrides() -> None:
+    settings = load_settings(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+            "KAFKA_STARTING_OFFSET": "latest",
+            "KAFKA_STOP_AT_END": "true",
+            "WINDOW_SECONDS": "30",
+            "ALLOWED_LATENESS_SECONDS": "0",
+            "CLICKHOUSE_URL": "https://u:p%40ss@ch.example:8443/analytics",
+            "KAFKA_SASL_PASSWORD": "hunter2",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        }
+    )
+    assert not settings.embedded
+    assert settings.kafka_starting_offset == "latest" and settings.kafka_stop_at_end
+    assert (settings.window_ms, settings.lateness_ms) == (30_000, 0)
+    assert settings.kafka_security.client_options()["sasl_plain_password"] == "hunter2"
+
+
+def test_secrets_never_show_in_repr_or_description() -> None:
+    settings = load_settings(
+        {
+            "KAFKA_SASL_PASSWORD": "hunter2",
+            "CLICKHOUSE_URL": "http://user:s3cret@localhost:8123/db",
+        }
+    )
+    text = repr(settings) + str(settings.describe())
+    assert "hunter2" not in text and "s3cret" not in text
+    assert settings.describe()["clickhouse_url"] == "http://user:***@localhost:8123/db"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"WINDOW_SECONDS": "abc"}, "WINDOW_SECONDS"),
+        ({"WINDOW_SECONDS": "0"}, "WINDOW_SECONDS"),
+        ({"ALLOWED_LATENESS_SECONDS": "-1"}, "ALLOWED_LATENESS_SECONDS"),
+        ({"SESSION_GAP_SECONDS": "1.5"}, "SESSION_GAP_SECONDS"),
+        ({"KAFKA_STARTING_OFFSET": "middle"}, "KAFKA_STARTING_OFFSET"),
+        ({"KAFKA_STOP_AT_END": "maybe"}, "KAFKA_STOP_AT_END"),
+        ({"GENERATOR_EVENTS": "-5"}, "GENERATOR_EVENTS"),
+        ({"GENERATOR_RATE": "fast"}, "GENERATOR_RATE"),
+        ({"CLICKHOUSE_URL": "ftp://x"}, "CLICKHOUSE_URL"),
+        ({"CLICKHOUSE_URL": "chdb://relative/path"}, "CLICKHOUSE_URL"),
+        ({"CLICKHOUSE_URL": "http://:8123"}, "CLICKHOUSE_URL"),
+    ],
+)
+def test_invalid_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(env)
+
+
+def test_mask_url_leaves_urls_without_password_alone() -> None:
+    assert mask_url("chdb:///data/store") == "chdb:///data/store"
+    assert mask_url("http://localhost:8123") == "http://localhost:8123"
+
+
+def test_the_flow_fails_fast_with_one_line_on_bad_configuration() -> None:
+    env = {**os.environ, "WINDOW_SECONDS": "soon"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.clickstream"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert (
+        lines[-1]
+        == "waxhouse: invalid configuration: WINDOW_SECONDS must be a whole number, got 'soon'"
+    )
