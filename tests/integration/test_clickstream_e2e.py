@@ -9,20 +9,17 @@ here in plain Python from the produced records, and the two paths with each othe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.clickhouse import query_rows
+from tests.support.flow import run_flow
 from tests.support.kafka_broker import create_topic
 
 pytestmark = pytest.mark.integration
@@ -31,8 +28,6 @@ SEED = 7
 EVENTS = 200_000
 PARTITIONS = 4
 WINDOW_MS, GAP_MS = 60_000, 1_800_000
-REPO = Path(__file__).resolve().parents[2]
-FLOW_TIMEOUT_S = 600
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # --- the oracle: the contract in plain Python, independent of the code under test -------
@@ -158,22 +153,6 @@ SESSIONS_SQL = """
 DEAD_LETTERS_SQL = """
     SELECT source, reason, error, hex(payload), toUnixTimestamp64Milli(received_at)
     FROM dead_letters ORDER BY source"""
-
-
-def run_flow(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "GENERATOR_"))}
-    env.update(env_overrides)
-    done = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflows.clickstream"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=FLOW_TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
 
 
 @dataclass
