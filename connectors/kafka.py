@@ -23,7 +23,7 @@ from connectors.metrics import CONSUMER_LAG, DLQ_RECORDS, RECORDS_CONSUMED
 from dataflows.records import IdleTick, InputBatch, SourceItem, SourceRecord
 from dataflows.rows import DeadLetterRow
 from dataflows.settings import StartingOffset
-from waxhouse.errors import SourceError
+from waxhouse.errors import SinkError, SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def _consumer(bootstrap: str, options: Mapping[str, object]) -> KafkaConsumer:
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
         max_poll_records=10_000,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
@@ -161,14 +162,24 @@ class KafkaSource(FixedPartitionedSource[KeyedItem, int]):
         consumer = _consumer(self._bootstrap, self._options)
         try:
             consumer.assign([tp])
+            # Explicit ListOffsets lookups: a lazy seek_to_beginning() can fall back to the
+            # consumer's reset policy when the lookup fails, silently skipping the backlog.
+            first = consumer.beginning_offsets([tp])[tp]
+            end = consumer.end_offsets([tp])[tp]
             if resume_state is not None:
-                consumer.seek(tp, resume_state)
-            elif self._starting_offset == "earliest":
-                consumer.seek_to_beginning(tp)
+                next_offset = resume_state
+                if resume_state < first:
+                    logger.warning(
+                        "partition %s: resume offset %d was deleted by retention; continuing at %d",
+                        for_part,
+                        resume_state,
+                        first,
+                    )
+                    next_offset = first
             else:
-                consumer.seek_to_end(tp)
-            next_offset = consumer.position(tp)
-            stop_at = consumer.end_offsets([tp])[tp] if self._stop_at_end else None
+                next_offset = first if self._starting_offset == "earliest" else end
+            consumer.seek(tp, next_offset)
+            stop_at = end if self._stop_at_end else None
         except KafkaError as e:
             consumer.close()
             raise SourceError(f"cannot open Kafka partition {for_part}: {e}") from e
@@ -217,6 +228,7 @@ class KafkaDeadLetterSink(DynamicSink[DeadLetterRow]):
         self._options = dict(client_options or {})
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
+        self._check_topic_exists()
         producer = KafkaProducer(
             bootstrap_servers=self._bootstrap,
             acks="all",
@@ -225,3 +237,15 @@ class KafkaDeadLetterSink(DynamicSink[DeadLetterRow]):
             **self._options,
         )
         return _DeadLetterPartition(producer, self._topic)
+
+    def _check_topic_exists(self) -> None:
+        """Fail at start, not at the first bad record, when the DLQ topic is missing."""
+        consumer = _consumer(self._bootstrap, self._options)
+        try:
+            if not consumer.partitions_for_topic(self._topic):
+                raise SinkError(
+                    f"dead-letter topic {self._topic!r} does not exist at {self._bootstrap}: "
+                    "create it or point KAFKA_DLQ_TOPIC at one that does"
+                )
+        finally:
+            consumer.close()

@@ -182,8 +182,15 @@ def _run(command: list[str], *, timeout_s: float) -> subprocess.CompletedProcess
 
 
 def new_cluster_id() -> str:
-    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding (22 chars)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding (22 chars).
+
+    Like Kafka's own `Uuid.randomUuid`, never one starting with "-": the storage tool's
+    argument parser would read it as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def server_properties(ports: BrokerPorts, data_dir: Path) -> str:
@@ -543,10 +550,17 @@ def create_topic(
     configs: dict[str, str] | None = None,
     timeout_s: float = 30.0,
 ) -> None:
-    """Create a topic (replication factor 1) and wait until every partition has a leader."""
-    spec: dict[str, object] = {"num_partitions": partitions, "replication_factor": 1}
-    if configs:
-        spec["configs"] = configs
+    """Create a topic (replication factor 1) and wait until every partition has a leader.
+
+    Test topics keep their records forever (`retention.ms=-1`) unless `configs` says
+    otherwise: tests replay events with old timestamps, which time-based retention would
+    delete within minutes of the broker's next retention check.
+    """
+    spec: dict[str, object] = {
+        "num_partitions": partitions,
+        "replication_factor": 1,
+        "configs": {"retention.ms": "-1", **(configs or {})},
+    }
     timeout_ms = int(timeout_s * 1000)
     with _admin(bootstrap_servers, timeout_ms) as admin:
         admin.create_topics({name: spec}, timeout_ms=timeout_ms)
