@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
@@ -193,29 +193,49 @@ class KafkaSource(FixedPartitionedSource[KeyedItem, int]):
         return _KafkaPartition(consumer, tp, for_part, next_offset, stop_at)
 
 
-class _DeadLetterPartition(StatelessSinkPartition[DeadLetterRow]):
+DLQ_PART = "dlq"
+
+
+class _DeadLetterPartition(StatefulSinkPartition[DeadLetterRow, None]):
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
         self._producer = producer
         self._topic = topic
 
-    def write_batch(self, items: list[DeadLetterRow]) -> None:
-        for row in items:
+    def write_batch(self, values: list[DeadLetterRow]) -> None:
+        futures = []
+        for row in values:
             headers = [
                 ("reason", row.reason.encode()),
                 ("error", row.error.encode()),
                 ("source", row.source.encode()),
             ]
-            self._producer.send(self._topic, value=row.payload, headers=headers)
-            DLQ_RECORDS.labels(reason=row.reason).inc()
-        # Durable before the epoch can close: a crash after this never loses a letter.
+            futures.append(self._producer.send(self._topic, value=row.payload, headers=headers))
+        # Acknowledged before the epoch can close: a crash after this never loses a letter.
         self._producer.flush()
+        for future in futures:
+            try:
+                future.get(timeout=0)
+            except KafkaError as e:
+                raise SinkError(
+                    f"producing to dead-letter topic {self._topic!r} failed: {e}"
+                ) from e
+        for row in values:
+            DLQ_RECORDS.labels(reason=row.reason).inc()
+
+    def snapshot(self) -> None:
+        return None
 
     def close(self) -> None:
         self._producer.close()
 
 
-class KafkaDeadLetterSink(DynamicSink[DeadLetterRow]):
-    """Raw rejected records to the DLQ topic with `reason`/`error`/`source` headers."""
+class KafkaDeadLetterSink(FixedPartitionedSink[DeadLetterRow, None]):
+    """Raw rejected records to the DLQ topic with `reason`/`error`/`source` headers.
+
+    One partition, so the letters of an epoch are acknowledged by Kafka before that epoch
+    is committed. A replay after a crash may produce a letter again (at least once); the
+    `dead_letters` table holds each exactly once.
+    """
 
     def __init__(
         self,
@@ -227,7 +247,13 @@ class KafkaDeadLetterSink(DynamicSink[DeadLetterRow]):
         self._topic = topic
         self._options = dict(client_options or {})
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
+    def list_parts(self) -> list[str]:
+        return [DLQ_PART]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
         self._check_topic_exists()
         producer = KafkaProducer(
             bootstrap_servers=self._bootstrap,

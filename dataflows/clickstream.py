@@ -14,15 +14,16 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 
-from connectors.clickhouse import ClickHouseSink
+from connectors.clickhouse import ClickHouseSink, RetryPolicy
 from connectors.generator import GeneratorConfig, GeneratorSource
-from connectors.kafka import KafkaDeadLetterSink, KafkaSource
+from connectors.kafka import DLQ_PART, KafkaDeadLetterSink, KafkaSource
 from dataflows.records import SourceItem
 from dataflows.settings import Settings, load_settings
 from dataflows.steps import PartitionWindowLogic, parse
 from dataflows.windows import WindowConfig
 from waxhouse.errors import SettingsError
 from waxhouse.logs import configure_logging
+from waxhouse.recovery import prepare_recovery
 from waxhouse.report import RunReport
 
 
@@ -53,10 +54,14 @@ def build_flow(settings: Settings) -> Dataflow:
 
     to_clickhouse = op.map("route", rows, lambda kv: ("clickhouse", kv[1]))
     report = RunReport(settings)
-    op.output("clickhouse", to_clickhouse, ClickHouseSink(settings.clickhouse_url, on_close=report))
+    retry = RetryPolicy(max_attempts=1_000, max_elapsed_seconds=settings.clickhouse_retry_seconds)
+    sink = ClickHouseSink(settings.clickhouse_url, retry=retry, on_close=report)
+    op.output("clickhouse", to_clickhouse, sink)
 
     if not settings.embedded:
-        dead = op.flat_map("dead_letters", rows, lambda kv: kv[1].dead_letters)
+        dead = op.flat_map(
+            "dead_letters", rows, lambda kv: [(DLQ_PART, row) for row in kv[1].dead_letters]
+        )
         dlq = KafkaDeadLetterSink(
             settings.kafka_bootstrap_servers or "",
             settings.kafka_dlq_topic,
@@ -75,4 +80,5 @@ def _load() -> Settings:
 
 settings = _load()
 configure_logging(settings.log_level)
+prepare_recovery()
 flow = build_flow(settings)

@@ -52,6 +52,7 @@ class Settings:
     kafka_stop_at_end: bool = False
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     clickhouse_url: str = field(default=f"chdb://{os.path.abspath(DEFAULT_STORE)}", repr=False)
+    clickhouse_retry_seconds: float = 300.0
     window_seconds: int = 60
     allowed_lateness_seconds: int = 10
     session_gap_seconds: int = 1800
@@ -67,6 +68,8 @@ class Settings:
             raise SettingsError("ALLOWED_LATENESS_SECONDS must be 0 or more")
         if self.session_gap_seconds <= 0:
             raise SettingsError("SESSION_GAP_SECONDS must be a positive whole number of seconds")
+        if self.clickhouse_retry_seconds < 0:
+            raise SettingsError("CLICKHOUSE_RETRY_SECONDS must be 0 or more seconds")
         if self.generator_events < 0:
             raise SettingsError("GENERATOR_EVENTS must be 0 (endless) or more")
         if self.generator_rate < 0:
@@ -101,6 +104,7 @@ class Settings:
             "kafka_stop_at_end": self.kafka_stop_at_end,
             "kafka_security_protocol": self.kafka_security.protocol,
             "clickhouse_url": mask_url(self.clickhouse_url),
+            "clickhouse_retry_seconds": self.clickhouse_retry_seconds,
             "window_seconds": self.window_seconds,
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
             "session_gap_seconds": self.session_gap_seconds,
@@ -203,6 +207,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             ssl_cafile=_text(env, "KAFKA_SSL_CAFILE"),
         ),
         clickhouse_url=store,
+        clickhouse_retry_seconds=_float(env, "CLICKHOUSE_RETRY_SECONDS", 300.0),
         window_seconds=_int(env, "WINDOW_SECONDS", 60),
         allowed_lateness_seconds=_int(env, "ALLOWED_LATENESS_SECONDS", 10),
         session_gap_seconds=_int(env, "SESSION_GAP_SECONDS", 1800),

@@ -5,27 +5,43 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-FLOW_COMMAND = [sys.executable, "-m", "bytewax.run", "dataflows.clickstream"]
+FLOW = "dataflows.clickstream"
+
+
+def flow_command(args: Sequence[str] = (), *, faults: bool = False) -> list[str]:
+    """The command line; with `faults`, through `tests.support.fault_run`."""
+    runner = "tests.support.fault_run" if faults else "bytewax.run"
+    return [sys.executable, "-m", runner, FLOW, *args]
+
+
+def recovery_args(directory: Path, snapshot_s: int = 1) -> list[str]:
+    """Bytewax's recovery flags, as the README's commands give them."""
+    return ["-r", str(directory), "-s", str(snapshot_s), "-b", "0"]
 
 
 def flow_env(overrides: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without any waxhouse settings, plus `overrides`."""
-    prefixes = ("KAFKA_", "GENERATOR_", "CLICKHOUSE_", "WINDOW_", "ALLOWED_", "SESSION_")
+    prefixes = ("KAFKA_", "GENERATOR_", "CLICKHOUSE_", "WINDOW_", "ALLOWED_", "SESSION_", "FAULT_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(overrides)
     return env
 
 
 def run_flow(
-    overrides: Mapping[str, str], timeout_s: float = 600
+    overrides: Mapping[str, str],
+    args: Sequence[str] = (),
+    *,
+    faults: bool = False,
+    timeout_s: float = 600,
+    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the flow to completion; fail with its stderr unless it exits 0."""
+    """Run the flow to completion; unless `check` is off, fail with its stderr if it fails."""
     done = subprocess.run(
-        FLOW_COMMAND,
+        flow_command(args, faults=faults),
         cwd=REPO,
         env=flow_env(overrides),
         capture_output=True,
@@ -33,15 +49,22 @@ def run_flow(
         timeout=timeout_s,
         stdin=subprocess.DEVNULL,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
+    if check:
+        assert done.returncode == 0, done.stderr[-4000:]
     return done
 
 
-def start_flow(overrides: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start the flow in the background, its output going to `log_path`."""
-    with log_path.open("wb") as log:
+def start_flow(
+    overrides: Mapping[str, str],
+    log_path: Path,
+    args: Sequence[str] = (),
+    *,
+    faults: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start the flow in the background, its output appended to `log_path`."""
+    with log_path.open("ab") as log:
         return subprocess.Popen(
-            FLOW_COMMAND,
+            flow_command(args, faults=faults),
             cwd=REPO,
             env=flow_env(overrides),
             stdout=log,

@@ -1,0 +1,77 @@
+"""`python -m tests.support.fault_run FLOW [bytewax.run args]`: the flow, with faults.
+
+Test-only. Installs the faults the environment asks for, then runs `bytewax.run` exactly
+as `python -m bytewax.run` would. The production code has no fault hooks.
+
+- `FAULT_KILL_MID_FLUSH=N`: on the N-th (or first later) ClickHouse write that has rows
+  for more than one table, insert the `page_stats` rows only, then SIGKILL this process:
+  a crash in the middle of a sink flush.
+- `FAULT_INSERT_FAILURES=N`: the first N insert attempts fail with a transient
+  (network) error before reaching ClickHouse.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+from typing import Any
+
+from clickhouse_connect.driver.exceptions import OperationalError
+
+from connectors import clickhouse
+from dataflows.rows import RowBatch
+
+
+def _kill_mid_flush(at_write: int) -> None:
+    write = clickhouse.ClickHouseWriter.write
+    writes = 0
+
+    def faulty_write(self: clickhouse.ClickHouseWriter, batch: RowBatch) -> None:
+        nonlocal writes
+        writes += 1
+        if writes >= at_write and batch.page_stats and (batch.sessions or batch.dead_letters):
+            self._insert(
+                clickhouse.PAGE_STATS_TABLE,
+                [clickhouse.page_stats_values(r) for r in batch.page_stats],
+            )
+            sys.stderr.write("fault_run: SIGKILL in the middle of a sink flush\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        write(self, batch)
+
+    clickhouse.ClickHouseWriter.write = faulty_write  # type: ignore[method-assign]
+
+
+def _failing_inserts(count: int) -> None:
+    init = clickhouse.ClickHouseWriter.__init__
+    failures = count
+
+    def faulty_init(self: clickhouse.ClickHouseWriter, client: Any, *args: Any) -> None:
+        real_insert = client.insert
+
+        def insert(*a: Any, **kw: Any) -> Any:
+            nonlocal failures
+            if failures > 0:
+                failures -= 1
+                raise OperationalError("fault_run: injected network failure")
+            return real_insert(*a, **kw)
+
+        client.insert = insert
+        init(self, client, *args)
+
+    clickhouse.ClickHouseWriter.__init__ = faulty_init  # type: ignore[method-assign]
+
+
+def main() -> None:
+    if os.environ.get("FAULT_KILL_MID_FLUSH"):
+        _kill_mid_flush(int(os.environ["FAULT_KILL_MID_FLUSH"]))
+    if os.environ.get("FAULT_INSERT_FAILURES"):
+        _failing_inserts(int(os.environ["FAULT_INSERT_FAILURES"]))
+    sys.argv = ["bytewax.run", *sys.argv[1:]]
+    runpy.run_module("bytewax.run", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
