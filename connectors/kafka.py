@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    BrokerNotAvailableError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 
 from connectors.metrics import CONSUMER_LAG, DLQ_RECORDS, RECORDS_CONSUMED
 from dataflows.records import IdleTick, InputBatch, SourceItem, SourceRecord
@@ -27,24 +33,53 @@ from waxhouse.errors import SinkError, SourceError
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 KeyedItem = tuple[str, SourceItem]
 
 _METADATA_TIMEOUT_S = 60.0
+_UNREACHABLE_TIMEOUT_S = 300.0
 _FETCH_WAIT = timedelta(milliseconds=5)  # a fetch is in flight: look again soon
 _CAUGHT_UP_WAIT = timedelta(milliseconds=50)  # nothing new: poll gently
 _IDLE_TICK_EVERY_S = 0.2
 
 
+def _while_unreachable(what: str, action: Callable[[], T]) -> T:
+    """`action()`, retried with backoff for as long as no Kafka broker answers.
+
+    A broker restart or a network blip must not crash the flow at start-up or when a sink
+    partition is built mid-run; after `_UNREACHABLE_TIMEOUT_S` it gives up loudly.
+    """
+    deadline = time.monotonic() + _UNREACHABLE_TIMEOUT_S
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except (KafkaConnectionError, KafkaTimeoutError, BrokerNotAvailableError) as e:
+            if time.monotonic() + delay > deadline:
+                raise SourceError(
+                    f"{what}: no Kafka broker answered for {_UNREACHABLE_TIMEOUT_S:.0f} s ({e!r})"
+                ) from e
+            logger.warning(
+                "%s: Kafka unreachable (%s); retrying in %.1f s", what, type(e).__name__, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def _consumer(bootstrap: str, options: Mapping[str, object]) -> KafkaConsumer:
-    return KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=10_000,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-        **options,
+    return _while_unreachable(
+        "connecting to Kafka",
+        lambda: KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=10_000,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            **options,
+        ),
     )
 
 
@@ -254,13 +289,16 @@ class KafkaDeadLetterSink(FixedPartitionedSink[DeadLetterRow, None]):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
-        self._check_topic_exists()
-        producer = KafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            acks="all",
-            linger_ms=5,
-            max_request_size=16 * 1024 * 1024,
-            **self._options,
+        _while_unreachable(f"checking dead-letter topic {self._topic!r}", self._check_topic_exists)
+        producer = _while_unreachable(
+            "connecting the dead-letter producer",
+            lambda: KafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                acks="all",
+                linger_ms=5,
+                max_request_size=16 * 1024 * 1024,
+                **self._options,
+            ),
         )
         return _DeadLetterPartition(producer, self._topic)
 

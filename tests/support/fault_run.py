@@ -6,8 +6,9 @@ as `python -m bytewax.run` would. The production code has no fault hooks.
 - `FAULT_KILL_MID_FLUSH=N`: on the N-th (or first later) ClickHouse write that has rows
   for more than one table, insert the `page_stats` rows only, then SIGKILL this process:
   a crash in the middle of a sink flush.
-- `FAULT_INSERT_FAILURES=N`: the first N insert attempts fail with a transient
-  (network) error before reaching ClickHouse.
+- `FAULT_INSERT_FAILURES=N`: N insert attempts fail with a transient (network) error
+  before reaching ClickHouse; with `FAULT_INSERTS_BEFORE_OUTAGE=M`, after M inserts
+  went through.
 """
 
 from __future__ import annotations
@@ -44,16 +45,18 @@ def _kill_mid_flush(at_write: int) -> None:
     clickhouse.ClickHouseWriter.write = faulty_write  # type: ignore[method-assign]
 
 
-def _failing_inserts(count: int) -> None:
+def _failing_inserts(count: int, after: int) -> None:
     init = clickhouse.ClickHouseWriter.__init__
-    failures = count
+    failures, healthy = count, after
 
     def faulty_init(self: clickhouse.ClickHouseWriter, client: Any, *args: Any) -> None:
         real_insert = client.insert
 
         def insert(*a: Any, **kw: Any) -> Any:
-            nonlocal failures
-            if failures > 0:
+            nonlocal failures, healthy
+            if healthy > 0:
+                healthy -= 1
+            elif failures > 0:
                 failures -= 1
                 raise OperationalError("fault_run: injected network failure")
             return real_insert(*a, **kw)
@@ -68,7 +71,8 @@ def main() -> None:
     if os.environ.get("FAULT_KILL_MID_FLUSH"):
         _kill_mid_flush(int(os.environ["FAULT_KILL_MID_FLUSH"]))
     if os.environ.get("FAULT_INSERT_FAILURES"):
-        _failing_inserts(int(os.environ["FAULT_INSERT_FAILURES"]))
+        after = int(os.environ.get("FAULT_INSERTS_BEFORE_OUTAGE", "0"))
+        _failing_inserts(int(os.environ["FAULT_INSERT_FAILURES"]), after)
     sys.argv = ["bytewax.run", *sys.argv[1:]]
     runpy.run_module("bytewax.run", run_name="__main__", alter_sys=True)
 
