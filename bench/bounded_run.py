@@ -12,52 +12,26 @@ the whole command's wall time, including interpreter start-up.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import re
 import statistics
 import tempfile
-import time
 import uuid
-from collections.abc import Iterator
 
-from kafka import KafkaProducer
-
-from connectors.generator import ClickstreamGenerator, GeneratorConfig
-from tests.support.flow import run_flow
-from tests.support.kafka_broker import KafkaBroker, create_topic
+from bench.common import bootstrap, produce, timed_flow
+from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
+from tests.support.kafka_broker import create_topic
 
 _RATE = re.compile(r"records in [\d.]+ s \(([\d,]+) records/s\)")
 
 
-@contextlib.contextmanager
-def bootstrap() -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    with KafkaBroker() as broker:
-        yield broker.bootstrap_servers
-
-
-def produce(servers: str, topic: str, events: int, seed: int) -> None:
-    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=256 * 1024)
-    generator = ClickstreamGenerator(GeneratorConfig(seed=seed, events=events))
-    for record in generator.take(events):
-        producer.send(topic, key=record.key, value=record.value, timestamp_ms=record.timestamp_ms)
-    producer.flush()
-    producer.close()
+def generated(events: int, seed: int) -> list[GeneratedRecord]:
+    return ClickstreamGenerator(GeneratorConfig(seed=seed, events=events)).take(events)
 
 
 def timed_run(env: dict[str, str]) -> tuple[float, float]:
-    started = time.monotonic()
-    done = run_flow(env)
-    wall = time.monotonic() - started
-    match = _RATE.search(done.stdout)
-    if match is None:
-        raise RuntimeError(
-            f"no summary in the flow's output:\n{done.stdout}\n{done.stderr[-3000:]}"
-        )
+    stdout, wall = timed_flow(env)
+    match = _RATE.search(stdout)
+    assert match is not None
     return float(match.group(1).replace(",", "")), wall
 
 
@@ -73,7 +47,7 @@ def main() -> None:
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         create_topic(servers, topic, 4)
         create_topic(servers, f"{topic}.dlq", 1)
-        produce(servers, topic, args.events, args.seed)
+        produce(servers, topic, generated(args.events, args.seed))
         for i in range(args.repeat):
             kafka_env = {
                 "KAFKA_BOOTSTRAP_SERVERS": servers,

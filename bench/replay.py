@@ -30,19 +30,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 import orjson
-from kafka import KafkaProducer
 
-from bench.bounded_run import bootstrap
+from bench.common import bootstrap, produce, timed_flow
 from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from dataflows.events import Event, parse_record, parse_timestamp
 from tests.support.clickhouse import query_rows
-from tests.support.flow import run_flow
 from tests.support.kafka_broker import create_topic
 
 Kind = Literal["backfill", "live-like"]
@@ -167,35 +165,14 @@ def shift_record(record: GeneratedRecord, shift_ms: int) -> GeneratedRecord:
     return record._replace(value=value, timestamp_ms=record.timestamp_ms + shift_ms)
 
 
-def produce(servers: str, topic: str, records: Iterable[GeneratedRecord]) -> int:
-    """Produce in order, keyed by user, with big batches; returns how many were sent."""
-    producer = KafkaProducer(
-        bootstrap_servers=servers,
-        linger_ms=50,
-        batch_size=1024 * 1024,
-        max_request_size=16 * 1024 * 1024,
-    )
-    sent = 0
-    for record in records:
-        producer.send(topic, key=record.key, value=record.value, timestamp_ms=record.timestamp_ms)
-        sent += 1
-    producer.flush()
-    producer.close()
-    return sent
-
-
 # -- the runs ------------------------------------------------------------------------------
 
 
 def timed_run(kind: Kind, env: Mapping[str, str], store: str) -> RunResult:
-    started = time.monotonic()
-    done = run_flow(env)
-    wall = time.monotonic() - started
-    match = _SUMMARY.search(done.stdout)
+    stdout, wall = timed_flow(env)
+    match = _SUMMARY.search(stdout)
     if match is None:
-        raise RuntimeError(
-            f"no summary in the flow's output:\n{done.stdout}\n{done.stderr[-3000:]}"
-        )
+        raise RuntimeError(f"unexpected run summary:\n{stdout}")
     records, rate, *rows = (int(group.replace(",", "")) for group in match.groups())
     page_stats, sessions, dead = rows
     return RunResult(kind, records, float(rate), wall, (page_stats, sessions, dead), store)
