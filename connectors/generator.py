@@ -8,7 +8,8 @@ and a pickled generator resumes exactly where it stopped. It models a shop:
 - rare purchases with 2-decimal values;
 - event times that trail the record time by up to `max_disorder_ms` (out of order, within
   the default allowed lateness), some written as RFC 3339 strings;
-- about `malformed_ratio` of records broken in the ways real producers break them.
+- about `malformed_ratio` of records broken in the ways real producers break them
+  (`MALFORMED_KINDS`: bad bytes, bad JSON, bad fields, 200-900 KB strings).
 
 `GeneratorSource` is the Bytewax source around it.
 """
@@ -16,9 +17,11 @@ and a pickled generator resumes exactly where it stopped. It models a shop:
 from __future__ import annotations
 
 import bisect
+import itertools
 import pickle
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
@@ -153,38 +156,193 @@ class ClickstreamGenerator:
         return local.isoformat(timespec="milliseconds")
 
     def _break(self, event: dict[str, object], value: bytes) -> bytes:
-        rng = self._rng
-        kind = rng.randrange(14)
-        broken = dict(event)
-        if kind == 0:
-            return value[: rng.randrange(1, len(value) - 1)]  # truncated JSON
-        if kind == 1:
-            return rng.randbytes(rng.randrange(1, 64))  # random bytes
-        if kind == 2:
-            return b'{"event_id": "\xff\xfe", "user_id": "x"}'  # invalid UTF-8
-        if kind == 3:
-            return rng.choice([b"[1, 2, 3]", b"null", b'"just a string"', b"42"])
-        if kind == 4:
-            return b"[" * 5000 + b"]" * 5000  # nesting deeper than any parser allows
-        if kind == 5:
-            del broken["user_id"]
-        elif kind == 6:
-            broken["ts"] = "2026-01-01T10:00:00"  # no offset
-        elif kind == 7:
-            broken["ts"] = 1_767_225_600_000.5  # a float is not integer milliseconds
-        elif kind == 8:
-            broken["type"] = "refund"
-        elif kind == 9:
-            broken["value"] = -rng.randrange(1, 1000) / 100
-        elif kind == 10:
-            broken["value"] = True
-        elif kind == 11:
-            broken["page"] = "/" + "x" * 3000
-        elif kind == 12:
-            broken["event_id"] = ""
-        else:
-            broken["value"] = "12.50"
-        return orjson.dumps(broken)
+        """`value` broken in one of the `MALFORMED_KINDS`, picked by weight."""
+        breaker = self._rng.choices(_BREAKERS, cum_weights=_BREAKER_CUM_WEIGHTS)[0]
+        return breaker(self._rng, dict(event), value)
+
+
+# ---------------------------------------------------------------------------
+# Malformed records
+#
+# Each breaker turns one valid event (as a dict, and as its JSON bytes) into garbage. Every
+# kind is garbage to orjson (the pipeline) and to stdlib `json` (the tests' oracle) alike,
+# for the same reason and, for `invalid_event`, the same field. Kinds where the two parsers
+# disagree are left out on purpose: `NaN`/`Infinity` and numbers that overflow a double
+# (stdlib accepts them), lone surrogate escapes such as "\ud800" (stdlib accepts them), and
+# nesting near either parser's depth limit (orjson 1024 levels, stdlib about the recursion
+# limit). Integers beyond 64 bits are parsed differently (orjson: float, stdlib: int) but
+# are rejected as `ts` by both, so they are in.
+
+Breaker = Callable[[random.Random, dict[str, object], bytes], bytes]
+REQUIRED_FIELDS = ("event_id", "user_id", "type", "page", "ts")
+_LIMITS = {"event_id": 128, "user_id": 256, "page": 2048}
+# Huge strings stay under Kafka's default 1 MB `message.max.bytes` with the rest of the event.
+HUGE_MIN_CHARS, HUGE_MAX_CHARS = 200_000, 900_000
+_INVALID_UTF8 = (
+    b"\xff",  # never valid
+    b"\xfe\xff",  # a UTF-16 byte order mark
+    b"\xc3\x28",  # a lead byte without its continuation
+    b"\xc0\xaf",  # overlong encoding of "/"
+    b"\xed\xa0\x80",  # an encoded surrogate (U+D800)
+    b"\xf5\x80\x80\x80",  # beyond U+10FFFF
+    b"\xe2\x82",  # a truncated three-byte sequence
+    b"\xe9",  # Latin-1 "é"
+)
+
+
+def _into_page(value: bytes, inserted: bytes) -> bytes:
+    """`value` with `inserted` at the start of the page string (orjson writes no spaces)."""
+    return value.replace(b'"page":"', b'"page":"' + inserted, 1)
+
+
+def _truncated(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    return value[: rng.randrange(1, len(value) - 1)]
+
+
+def _random_bytes(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    return rng.randbytes(rng.randrange(1, 512))
+
+
+def _invalid_utf8(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    form = rng.randrange(3)
+    if form == 0:
+        return _into_page(value, rng.choice(_INVALID_UTF8))
+    if form == 1:
+        return value.decode().encode("utf-16")  # right JSON, wrong encoding
+    return b'{"event_id": "\xff\xfe", "user_id": "x"}'
+
+
+def _not_an_object(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    form = rng.randrange(4)
+    if form == 0:
+        return rng.choice([b"[1, 2, 3]", b"null", b'"just a string"', b"42", b"true", b"[]"])
+    if form == 1:
+        return b"[" + value + b"]"  # a batch of one where one event was expected
+    if form == 2:
+        return orjson.dumps(value.decode())  # JSON encoded twice: a string
+    return b"-0.5"
+
+
+def _deep_nesting(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    depth = rng.randrange(2_000, 6_000)  # well past both parsers' limits
+    form = rng.randrange(3)
+    if form == 0:
+        return b"[" * depth + b"]" * depth
+    if form == 1:
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    # an otherwise valid event with a deeply nested extra field
+    return value[:-1] + b',"meta":' + b"[" * depth + b"]" * depth + b"}"
+
+
+def _bad_syntax(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    form = rng.randrange(10)
+    if form == 0:
+        return repr(event).encode()  # a Python dict: single quotes
+    if form == 1:
+        return value[:-1] + b",}"  # trailing comma
+    if form == 2:
+        return _into_page(value, bytes([rng.randrange(0x20)]))  # raw control character
+    if form == 3:
+        return b"\xef\xbb\xbf" + value  # UTF-8 byte order mark
+    if form == 4:
+        return value + value  # two records in one
+    if form == 5:
+        return value + b" trailing garbage"
+    if form == 6:
+        return rng.choice([b"", b" ", b"\n\t \r\n"])  # empty or blank
+    if form == 7:
+        return _into_page(value, b"\\x41")  # an escape JSON does not have
+    if form == 8:
+        return value.replace(b'"event_id":', b"event_id:", 1)  # unquoted key
+    return value[:-1] + b"/* comment */}"
+
+
+def _missing_field(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    form = rng.randrange(len(REQUIRED_FIELDS) + 2)
+    if form < len(REQUIRED_FIELDS):
+        del event[REQUIRED_FIELDS[form]]
+        return orjson.dumps(event)
+    return b"{}" if form == len(REQUIRED_FIELDS) else b'{"message": "hello"}'
+
+
+def _wrong_type(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    # Not `type` as a list or object: the parser raises on those (unhashable in its set of
+    # event types) instead of making a dead letter.
+    ts = event["ts"]
+    wrong_by_field: list[tuple[str, list[object]]] = [
+        ("event_id", [12345, None, ["ev-1"], 1.5]),
+        ("user_id", [42, True, {"id": "user-1"}, None]),
+        ("type", [3, None, True, 0.5]),
+        ("page", [404, ["/a"], None, False]),
+        ("ts", [True, None, [ts], {"ms": ts}, 1_767_225_600_000.5, "1767225600000"]),
+        ("value", [True, "12.50", [1], {"amount": 1}]),
+    ]
+    field, wrong = rng.choice(wrong_by_field)
+    event[field] = rng.choice(wrong)
+    return orjson.dumps(event)
+
+
+def _bad_value(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    bad_by_field: list[tuple[str, list[object]]] = [
+        ("event_id", [""]),
+        ("user_id", [""]),
+        ("page", [""]),
+        ("type", ["refund", "", "CLICK", "page-view"]),
+        (
+            "ts",
+            [
+                "2026-01-01T10:00:00",  # no offset
+                "2026-02-30T12:00:00Z",  # no such day
+                "yesterday",
+                "",
+                -1,
+                253_402_300_800_000,  # after 9999-12-31
+                10**30,  # beyond 64 bits
+            ],
+        ),
+        ("value", [-0.01, -12.5, 1e10, 1_000_000_001]),
+    ]
+    field, bad = rng.choice(bad_by_field)
+    chosen = rng.choice(bad)
+    if isinstance(chosen, int) and chosen >= 2**64:  # orjson writes no such integers
+        event[field] = 0
+        return orjson.dumps(event).replace(f'"{field}":0'.encode(), f'"{field}":{chosen}'.encode())
+    event[field] = chosen
+    return orjson.dumps(event)
+
+
+def _too_long(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    field = rng.choice(list(_LIMITS))
+    limit = _LIMITS[field]
+    length = rng.choice([limit + 1, rng.randrange(limit + 2, 10 * limit)])
+    event[field] = ("/ünï-" * length)[:length]
+    return orjson.dumps(event)
+
+
+def _huge_string(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
+    field = rng.choice(list(_LIMITS))
+    length = rng.randrange(HUGE_MIN_CHARS, HUGE_MAX_CHARS)
+    event[field] = ("huge-" * (length // 5 + 1))[:length]
+    return orjson.dumps(event)
+
+
+# (breaker, weight). Huge strings are rare (1 in 80 bad records, about 7 MB at the default 1%
+# of 200,000 records) yet enough for a test to see a flow that kept them.
+MALFORMED_KINDS: tuple[tuple[Breaker, int], ...] = (
+    (_truncated, 16),
+    (_random_bytes, 12),
+    (_invalid_utf8, 16),
+    (_not_an_object, 14),
+    (_deep_nesting, 6),
+    (_bad_syntax, 16),
+    (_missing_field, 20),
+    (_wrong_type, 24),
+    (_bad_value, 24),
+    (_too_long, 10),
+    (_huge_string, 2),
+)
+_BREAKERS = [breaker for breaker, _ in MALFORMED_KINDS]
+_BREAKER_CUM_WEIGHTS = list(itertools.accumulate(weight for _, weight in MALFORMED_KINDS))
 
 
 class _GeneratorPartition(StatefulSourcePartition[tuple[str, SourceItem], bytes]):
