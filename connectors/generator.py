@@ -266,13 +266,11 @@ def _missing_field(rng: random.Random, event: dict[str, object], value: bytes) -
 
 
 def _wrong_type(rng: random.Random, event: dict[str, object], value: bytes) -> bytes:
-    # Not `type` as a list or object: the parser raises on those (unhashable in its set of
-    # event types) instead of making a dead letter.
     ts = event["ts"]
     wrong_by_field: list[tuple[str, list[object]]] = [
         ("event_id", [12345, None, ["ev-1"], 1.5]),
         ("user_id", [42, True, {"id": "user-1"}, None]),
-        ("type", [3, None, True, 0.5]),
+        ("type", [3, None, True, 0.5, ["click"], {"a": 1}]),
         ("page", [404, ["/a"], None, False]),
         ("ts", [True, None, [ts], {"ms": ts}, 1_767_225_600_000.5, "1767225600000"]),
         ("value", [True, "12.50", [1], {"amount": 1}]),

@@ -25,7 +25,8 @@ MAX_VALUE = 1e9
 
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # \d is 0-9 only: "٢٠٢٦" is not a year
 )
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
@@ -117,7 +118,7 @@ def _event(obj: dict[str, object], source: str, payload: bytes, received_at_ms: 
     event_id = _text(obj, "event_id", 128)
     user_id = _text(obj, "user_id", 256)
     kind = obj.get("type")
-    if kind not in EVENT_TYPES:
+    if type(kind) is not str or kind not in EVENT_TYPES:
         raise InvalidField(f"type: must be one of {', '.join(sorted(EVENT_TYPES))}")
     page = _text(obj, "page", 2048)
     if "ts" not in obj:
