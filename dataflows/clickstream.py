@@ -8,6 +8,7 @@ and results land in the chDB store at ./data/clickhouse. See README.md for the r
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import bytewax.operators as op
@@ -25,6 +26,8 @@ from waxhouse.errors import SettingsError
 from waxhouse.logs import configure_logging
 from waxhouse.recovery import prepare_recovery
 from waxhouse.report import RunReport
+
+logger = logging.getLogger(__name__)
 
 
 def build_flow(settings: Settings) -> Dataflow:
@@ -80,5 +83,6 @@ def _load() -> Settings:
 
 settings = _load()
 configure_logging(settings.log_level)
+logger.info("clickstream starting: %s", settings.describe())
 prepare_recovery()
 flow = build_flow(settings)

@@ -29,6 +29,8 @@ def record(**changes: object) -> bytes:
 
 
 _MISSING = object()
+# Digits other than 0-9 are digits to Python's `\d` but not to RFC 3339.
+ARABIC_INDIC = {str(d): chr(0x0660 + d) for d in range(10)}
 
 
 def parse(value: bytes) -> Event | DeadLetterRow:
@@ -76,7 +78,7 @@ def test_valid_event_keeps_every_field_and_its_record() -> None:
         (record(ts="0001-01-01T00:00:00+01:00"), "ts"),
         (record(ts="1969-12-31T23:59:59.999Z"), "ts"),
         (record(ts="yesterday"), "ts"),
-        (record(ts="٢٠٢٦-٠١-٠١T٠٠:٠٠:٠٠Z"), "ts"),  # non-ASCII digits
+        (record(ts="".join(ARABIC_INDIC.get(c, c) for c in "2026-01-01T00:00:00Z")), "ts"),
         (record(value=-0.01), "value"),
         (record(value=1e9 + 1), "value"),
         (record(value=True), "value"),

@@ -98,3 +98,24 @@ def test_the_flow_fails_fast_with_one_line_on_bad_configuration() -> None:
         lines[-1]
         == "waxhouse: invalid configuration: WINDOW_SECONDS must be a whole number, got 'soon'"
     )
+
+
+def test_passwords_never_reach_the_logs_even_when_the_server_is_unreachable() -> None:
+    env = {
+        **os.environ,
+        "CLICKHOUSE_URL": "http://analytics:ch-s3cret-pw@127.0.0.1:9/db",
+        "CLICKHOUSE_RETRY_SECONDS": "1",
+        "KAFKA_SASL_PASSWORD": "kafka-s3cret-pw",
+        "GENERATOR_EVENTS": "1000",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.clickstream"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0  # nothing listens on port 9: the sink gives up
+    output = done.stdout + done.stderr
+    assert "clickstream starting" in output and "analytics:***@127.0.0.1:9" in output
+    assert "ch-s3cret-pw" not in output and "kafka-s3cret-pw" not in output
