@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -353,13 +354,34 @@ def _describe(error: Error) -> str:
 # --- the Bytewax sink -------------------------------------------------------------------
 
 
+class _ClientThread:
+    """One long-lived Python thread that makes every call on the client.
+
+    Bytewax runs workers on Rust threads when there are several (`-w N`, `-i/-a`); such a
+    thread gets a fresh Python thread state for each call into Python, and chDB (pybind11)
+    then crashes the process when its connection closes ("double free or corruption").
+    A Python thread keeps one thread state for life.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+
+    def call(self, operation: Callable[[], T]) -> T:
+        return self._executor.submit(operation).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
 class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
     def __init__(
         self,
+        thread: _ClientThread,
         client: Client,
         writer: ClickHouseWriter,
         on_close: Callable[[Client], None] | None,
     ) -> None:
+        self._thread = thread
         self._client = client
         self._writer = writer
         self._on_close = on_close
@@ -368,12 +390,18 @@ class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
         batch = RowBatch()
         for value in values:
             batch.extend(value)
-        self._writer.write(batch)
+        self._thread.call(lambda: self._writer.write(batch))
 
     def snapshot(self) -> None:
         return None
 
     def close(self) -> None:
+        try:
+            self._thread.call(self._close_client)
+        finally:
+            self._thread.close()
+
+    def _close_client(self) -> None:
         try:
             if self._on_close is not None:
                 self._on_close(self._client)
@@ -407,8 +435,18 @@ class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ClickHousePartition:
         retrier = Retrier(self._retry)
         logger.info("Opening ClickHouse at %s for %s", self._target, step_id)
-        client = retrier.call(lambda: _open_with_schema(self._target), f"Opening {self._target}")
-        return _ClickHousePartition(client, ClickHouseWriter(client, retrier), self._on_close)
+        thread = _ClientThread()
+        try:
+            client = thread.call(
+                lambda: retrier.call(
+                    lambda: _open_with_schema(self._target), f"Opening {self._target}"
+                )
+            )
+        except BaseException:
+            thread.close()
+            raise
+        writer = ClickHouseWriter(client, retrier)
+        return _ClickHousePartition(thread, client, writer, self._on_close)
 
 
 def _open_with_schema(target: ClickHouseTarget) -> Client:
