@@ -12,25 +12,15 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import sys
 from pathlib import Path
 
 from bytewax.recovery import init_db_dir
 
+from waxhouse.runargs import bytewax_run_args
+
 logger = logging.getLogger(__name__)
 
 PARTITION_GLOB = "part-*.sqlite3"
-
-
-def _bytewax_run_args() -> dict[str, object] | None:
-    """The arguments `python -m bytewax.run` was started with, or None if it was not."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is None or spec.name != "bytewax.run":
-        return None
-    from bytewax.run import _parse_args  # the pinned 0.21.1 parser: the same view Bytewax has
-
-    return vars(_parse_args())
 
 
 def init_recovery_dir(directory: Path, partitions: int = 1) -> bool:
@@ -50,7 +40,7 @@ def init_recovery_dir(directory: Path, partitions: int = 1) -> bool:
 
 def prepare_recovery() -> None:
     """Under `python -m bytewax.run`, make its recovery directory ready, or say it is off."""
-    args = _bytewax_run_args()
+    args = bytewax_run_args()
     if args is None:
         return
     directory = args["recovery_directory"]

@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from dataflows.settings import Settings, mask_url
+from waxhouse.runargs import bytewax_run_args, is_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,10 @@ class RunReport:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._started = time.monotonic()
+        # In a cluster the counters are this process's own; the tables are everyone's.
+        self._scope = (
+            " (this process; the tables hold all)" if is_cluster(bytewax_run_args()) else ""
+        )
 
     def __call__(self, client: Any) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-9)
@@ -45,7 +50,7 @@ class RunReport:
         lines = [
             "",
             f"waxhouse: {records:,} records in {elapsed:.1f} s "
-            f"({records / elapsed:,.0f} records/s)",
+            f"({records / elapsed:,.0f} records/s){self._scope}",
             f"  valid events      {events:,}",
             "  dead letters      "
             + ", ".join(f"{reason} {count:,}" for reason, count in rejected.items()),
