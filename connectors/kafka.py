@@ -199,8 +199,10 @@ class KafkaSource(FixedPartitionedSource[KeyedItem, int]):
             consumer.assign([tp])
             # Explicit ListOffsets lookups: a lazy seek_to_beginning() can fall back to the
             # consumer's reset policy when the lookup fails, silently skipping the backlog.
-            first = consumer.beginning_offsets([tp])[tp]
-            end = consumer.end_offsets([tp])[tp]
+            first, end = _while_unreachable(
+                f"looking up the offsets of {for_part}",
+                lambda: (consumer.beginning_offsets([tp])[tp], consumer.end_offsets([tp])[tp]),
+            )
             if resume_state is not None:
                 next_offset = resume_state
                 if resume_state < first:
