@@ -52,5 +52,8 @@ def test_broker_down_for_ten_seconds_mid_run(
 
     output = log.read_text(errors="replace")
     assert output.count("starts at offset") == 4, "no restart loop: one start per partition"
-    assert "Traceback" not in output
+    # kafka-python logs each failed connection (with its socket traceback); the flow
+    # itself never failed: no Bytewax error, exit code 0 above.
+    assert "BytewaxRuntimeError" not in output
+    assert "ECONNREFUSED" in output  # the outage was seen, and said so
     assert_tables_match(read_tables(url), oracle(records), records, positions)
