@@ -90,6 +90,7 @@ def test_kill_9_three_times_including_mid_flush_then_exact(
     expected = oracle(records)
     assert_tables_match(read_tables(url, done.stdout), expected, records, positions)
     final = len(expected.page_stats) + len(expected.sessions) + len(expected.dead_letters)
+    print(f"kill test seed {seed}: rows stored after each kill {progress}, final {final}")
     assert progress[1] > 0, f"the mid-flush kill left nothing written (seed {seed})"
     assert min(progress) < final, f"every kill came after the work was done (seed {seed})"
 
