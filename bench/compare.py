@@ -1,0 +1,223 @@
+"""Side by side with peers: ours, Bytewax by the book, Quix Streams, bare consume loops.
+
+    python -m bench.compare [--events 2000000] [--repeat 3] [--only NAME,...]
+
+Fills a fresh 4-partition topic (keyed by user) once with generated clickstream events,
+then has each runner in `bench/peers/` drain it in bounded mode as a subprocess, runners
+alternated, `--repeat` rounds. Per runner, the median of: events/s (records over the drain
+seconds the runner reports, which leave out interpreter start-up), CPU seconds per
+million events and peak RSS (the child's `os.wait4` rusage, its own children included).
+The aggregating peers' counts per page and window are checked against ours (`page_stats`).
+Writes `bench/results/compare.md` and `bench/results/compare.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from bench.common import bootstrap, produce
+from connectors.generator import ClickstreamGenerator, GeneratorConfig
+from tests.support.flow import REPO
+from tests.support.kafka_broker import create_topic
+
+RUNNERS = (
+    "waxhouse",
+    "bytewax_book",
+    "quixstreams",
+    "kafka_python_bare",
+    "confluent_bare",
+    "kafka_python_orjson",
+)
+AGGREGATING = ("waxhouse", "bytewax_book", "quixstreams")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Run:
+    records: int
+    seconds: float
+    wall: float
+    cpu: float
+    rss_mb: float
+    counts_path: Path | None
+    notes: dict[str, object]
+
+
+def run_once(name: str, servers: str, topic: str, out: Path) -> Run:
+    command = [sys.executable, "-m", f"bench.peers.{name}"]
+    command += ["--bootstrap", servers, "--topic", topic, "--out", str(out)]
+    started = time.monotonic()
+    child = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.monotonic() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"{name} failed with exit code {child.returncode}")
+    report = orjson.loads(out.read_bytes())
+    counts_path = out if report["counts"] is not None else None
+    if name == "waxhouse":  # read back from the store outside the timed process
+        subprocess.run([*command, "--check"], cwd=REPO, check=True)
+        counts_path = out.with_suffix(".counts.json")
+    return Run(
+        records=report["records"],
+        seconds=report["seconds"],
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        rss_mb=usage.ru_maxrss / 1024,
+        counts_path=counts_path,
+        notes=report["notes"],
+    )
+
+
+def counts_of(run: Run) -> dict[str, int]:
+    return orjson.loads(run.counts_path.read_bytes())["counts"] if run.counts_path else {}
+
+
+def produce_topic(servers: str, topic: str, config: GeneratorConfig) -> int:
+    """In a child process, so the big record list never inflates this process's RSS,
+    which every runner forked from here would inherit as its starting peak."""
+    return produce(servers, topic, ClickstreamGenerator(config).take(config.events))
+
+
+def difference(ours: dict[str, int], theirs: dict[str, int]) -> str:
+    if ours == theirs:
+        return f"equal ({len(ours):,} windows)"
+    missing = ours.keys() - theirs.keys()
+    extra = theirs.keys() - ours.keys()
+    differ = sum(1 for k in ours.keys() & theirs.keys() if ours[k] != theirs[k])
+    return (
+        f"differs: {len(missing):,} of {len(ours):,} windows missing "
+        f"({sum(ours[k] for k in missing):,} events), {len(extra):,} extra, {differ:,} counts"
+    )
+
+
+def table(runs: dict[str, list[Run]], checks: dict[str, str]) -> list[str]:
+    lines = [
+        "| runner | events/s | vs ours | CPU s / M events | peak RSS MB | wall s | result check |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    ours = rate(runs["waxhouse"]) if "waxhouse" in runs else None
+    for name, done in runs.items():
+        events_s = rate(done)
+        cpu = statistics.median(r.cpu / r.records * 1e6 for r in done)
+        rss = statistics.median(r.rss_mb for r in done)
+        wall = statistics.median(r.wall for r in done)
+        ratio = f"{ours / events_s:.2f}x" if ours else "-"
+        lines.append(
+            f"| {name} | {events_s:,.0f} | {ratio} | {cpu:.1f} | {rss:,.0f} | {wall:.1f} "
+            f"| {checks.get(name, '-')} |"
+        )
+    return lines
+
+
+def rate(done: list[Run]) -> float:
+    return statistics.median(r.records / r.seconds for r in done)
+
+
+def chart(runs: dict[str, list[Run]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.barh(names, [rate(runs[n]) / 1000 for n in names], color="tab:blue")
+    left.set_xlabel("thousand events/s (median)")
+    cpu = [statistics.median(r.cpu / r.records * 1e6 for r in runs[n]) for n in names]
+    right.barh(names, cpu, color="tab:orange")
+    right.set_xlabel("CPU seconds per million events (median)")
+    for axis in (left, right):
+        axis.invert_yaxis()
+        axis.grid(axis="x", alpha=0.3)
+    right.set_yticklabels([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--only", default=",".join(RUNNERS), help="runners, comma-separated")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = set(names) - set(RUNNERS)
+    if unknown:
+        parser.error(f"unknown runners: {', '.join(sorted(unknown))}")
+
+    config = GeneratorConfig(
+        seed=args.seed, events=args.events, pages=10_000, users=100_000, active_users=3_000
+    )
+    runs: dict[str, list[Run]] = {name: [] for name in names}
+    with bootstrap() as servers, tempfile.TemporaryDirectory() as scratch:
+        topic = f"compare-{uuid.uuid4().hex[:8]}"
+        create_topic(servers, topic, 4)
+        create_topic(servers, f"{topic}.dlq", 1)
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            produced = pool.apply(produce_topic, (servers, topic, config))
+        print(f"produced {produced:,} events to {topic}", flush=True)
+        for i in range(args.repeat):
+            for name in names:
+                out = Path(scratch) / f"{name}-{i}.json"
+                run = run_once(name, servers, topic, out)
+                runs[name].append(run)
+                print(
+                    f"round {i + 1}: {name:<20} {run.records / run.seconds:>10,.0f} events/s "
+                    f"{run.wall:6.1f} s wall {run.notes or ''}",
+                    flush=True,
+                )
+
+        checks: dict[str, str] = {}
+        reference = counts_of(runs["waxhouse"][0]) if "waxhouse" in runs else None
+        for name in names:
+            if name in AGGREGATING and name != "waxhouse" and reference is not None:
+                checks[name] = difference(reference, counts_of(runs[name][0]))
+    if reference is not None:
+        checks["waxhouse"] = f"reference ({sum(reference.values()):,} valid events)"
+
+    command = "python -m bench.compare " + shlex.join(
+        ["--events", str(args.events), "--repeat", str(args.repeat), "--only", ",".join(names)]
+    )
+    heading = (
+        f"{args.events:,} events (10,000 pages, 100,000 users), 4 partitions, median of "
+        f"{args.repeat} run(s) each, runners alternated, {os.cpu_count()} CPUs"
+    )
+    lines = [
+        "# Side by side with peers",
+        "",
+        f"`{command}`",
+        "",
+        heading,
+        "",
+        *table(runs, checks),
+        "",
+        "events/s: records over the drain seconds each runner reports (interpreter start-up"
+        " excluded); wall s: the whole command. CPU and peak RSS: the runner process and its"
+        " children (`os.wait4`). Ratio: our events/s over theirs.",
+        "",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "compare.md").write_text("\n".join(lines))
+    chart(runs, heading, RESULTS / "compare.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

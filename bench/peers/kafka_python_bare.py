@@ -1,0 +1,19 @@
+"""Ceiling: the kafka-python consume loop only, nothing else."""
+
+from __future__ import annotations
+
+from bench.peers._bare import kafka_python_values
+from bench.peers._job import Report, arguments
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0])
+    report = Report()
+    for values in kafka_python_values(args.bootstrap, args.topic):
+        report.records += len(values)
+    report.stop()
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Ours: `python -m bytewax.run dataflows.clickstream` in bounded mode into a fresh chDB store.
+
+With `--check`, it only reads the counts back from that store's `page_stats` (a separate
+process, so the query is not part of the timed drain).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.peers._job import Report, arguments, count_key
+from tests.support.clickhouse import query_rows
+from tests.support.flow import REPO, flow_command, flow_env
+
+_SUMMARY = re.compile(r"waxhouse: ([\d,]+) records in [\d.]+ s \(([\d,]+) records/s\)")
+COUNTS_SQL = """
+    SELECT page, toUnixTimestamp64Milli(window_start), views + clicks + add_to_carts + purchases
+    FROM page_stats"""
+
+
+def store_url(out: Path) -> str:
+    return f"chdb://{out.resolve().with_suffix('.chdb')}"
+
+
+def drain(servers: str, topic: str, out: Path) -> None:
+    report = Report()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": servers,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_STOP_AT_END": "true",
+        "CLICKHOUSE_URL": store_url(out),
+    }
+    done = subprocess.run(
+        flow_command(), cwd=REPO, env=flow_env(env), capture_output=True, text=True, check=False
+    )
+    report.stop()
+    match = _SUMMARY.search(done.stdout)
+    if done.returncode != 0 or match is None:
+        sys.exit(f"the flow failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    records, rate = (int(g.replace(",", "")) for g in match.groups())
+    report.notes["command_seconds"] = report.seconds
+    report.records, report.seconds = records, records / rate  # the flow's own clock
+    report.write(out)
+
+
+def check(out: Path) -> None:
+    report = Report()
+    rows = query_rows(store_url(out), COUNTS_SQL)
+    report.counts = {count_key(page, start): int(n) for page, start, n in rows}
+    report.write(out.with_suffix(".counts.json"))
+
+
+def main() -> None:
+    if "--check" in sys.argv:
+        sys.argv.remove("--check")
+        args = arguments(__doc__.splitlines()[0])
+        check(args.out)
+    else:
+        args = arguments(__doc__.splitlines()[0])
+        drain(args.bootstrap, args.topic, args.out)
+
+
+if __name__ == "__main__":
+    main()
