@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -367,13 +367,24 @@ class _ClientThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
     def call(self, operation: Callable[[], T]) -> T:
-        return self._executor.submit(operation).result()
+        return self.submit(operation).result()
+
+    def submit(self, operation: Callable[[], T]) -> Future[T]:
+        return self._executor.submit(operation)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
 
 class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
+    """Writes each batch on the client thread while the worker goes on with the next one.
+
+    At most one write is in flight. It is waited for before the next write starts (rows
+    stay in order, and a slow ClickHouse holds the flow back), before the epoch's
+    snapshot (so an epoch is only committed once its rows are stored: recovery relies
+    on it) and before closing. A write that failed for good raises at the next of these.
+    """
+
     def __init__(
         self,
         thread: _ClientThread,
@@ -385,21 +396,30 @@ class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
         self._client = client
         self._writer = writer
         self._on_close = on_close
+        self._in_flight: Future[None] | None = None
 
     def write_batch(self, values: list[RowBatch]) -> None:
         batch = RowBatch()
         for value in values:
             batch.extend(value)
-        self._thread.call(lambda: self._writer.write(batch))
+        self._wait_for_write()
+        self._in_flight = self._thread.submit(lambda: self._writer.write(batch))
 
     def snapshot(self) -> None:
+        self._wait_for_write()
         return None
 
     def close(self) -> None:
         try:
+            self._wait_for_write()
             self._thread.call(self._close_client)
         finally:
             self._thread.close()
+
+    def _wait_for_write(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
 
     def _close_client(self) -> None:
         try:
