@@ -307,16 +307,19 @@ class PartitionWindows:
         """Count a batch of events in partition order, then emit what has closed."""
         out = RowBatch()
         watermark = self.watermark
+        newest = _NO_WATERMARK if self.max_event_ts is None else self.max_event_ts
         add_page, add_session = self.pages.add, self.sessions.add
         for event in events:
             on_time_page = add_page(event, watermark)
             on_time_session = add_session(event, watermark)
             if not (on_time_page and on_time_session):
                 out.dead_letters.append(_late(event, on_time_page, on_time_session))
-            if event.ts > watermark:
-                watermark = event.ts
+            if event.ts > newest:
+                newest = event.ts
+                if newest > watermark:
+                    watermark = newest
         if events:
-            self.max_event_ts = max(self.max_event_ts or 0, max(e.ts for e in events))
+            self.max_event_ts = newest
         self.watermark = watermark
         return self._close(out)
 
