@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from waxhouse.errors import SettingsError
 
 StartingOffset = Literal["earliest", "latest"]
+KafkaClient = Literal["kafka-python", "confluent"]
+KAFKA_CLIENTS: tuple[KafkaClient, ...] = ("kafka-python", "confluent")
 
 DEFAULT_STORE = "./data/clickhouse"
 DEFAULT_GENERATOR_EVENTS = 200_000
@@ -50,6 +52,7 @@ class Settings:
     kafka_dlq_topic: str = "events.dlq"
     kafka_starting_offset: StartingOffset = "earliest"
     kafka_stop_at_end: bool = False
+    kafka_client: KafkaClient = "kafka-python"
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     clickhouse_url: str = field(default=f"chdb://{os.path.abspath(DEFAULT_STORE)}", repr=False)
     clickhouse_retry_seconds: float = 300.0
@@ -62,6 +65,10 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        if self.kafka_client not in KAFKA_CLIENTS:
+            raise SettingsError(
+                f"KAFKA_CLIENT must be one of {', '.join(KAFKA_CLIENTS)}, got {self.kafka_client!r}"
+            )
         if self.window_seconds <= 0:
             raise SettingsError("WINDOW_SECONDS must be a positive whole number of seconds")
         if self.allowed_lateness_seconds < 0:
@@ -102,6 +109,7 @@ class Settings:
             "kafka_dlq_topic": self.kafka_dlq_topic,
             "kafka_starting_offset": self.kafka_starting_offset,
             "kafka_stop_at_end": self.kafka_stop_at_end,
+            "kafka_client": self.kafka_client,
             "kafka_security_protocol": self.kafka_security.protocol,
             "clickhouse_url": mask_url(self.clickhouse_url),
             "clickhouse_retry_seconds": self.clickhouse_retry_seconds,
@@ -193,12 +201,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     store = _text(env, "CLICKHOUSE_URL") or f"chdb://{os.path.abspath(DEFAULT_STORE)}"
     offset = _choice(env, "KAFKA_STARTING_OFFSET", "earliest", ("earliest", "latest"))
+    client = _choice(env, "KAFKA_CLIENT", "kafka-python", KAFKA_CLIENTS)
     return Settings(
         kafka_bootstrap_servers=_text(env, "KAFKA_BOOTSTRAP_SERVERS"),
         kafka_topic=_text(env, "KAFKA_TOPIC") or "events",
         kafka_dlq_topic=_text(env, "KAFKA_DLQ_TOPIC") or "events.dlq",
         kafka_starting_offset="latest" if offset == "latest" else "earliest",
         kafka_stop_at_end=_bool(env, "KAFKA_STOP_AT_END", False),
+        kafka_client="confluent" if client == "confluent" else "kafka-python",
         kafka_security=KafkaSecurity(
             protocol=_text(env, "KAFKA_SECURITY_PROTOCOL"),
             sasl_mechanism=_text(env, "KAFKA_SASL_MECHANISM"),

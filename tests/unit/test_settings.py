@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dataflows.settings import load_settings, mask_url
+from dataflows.settings import Settings, load_settings, mask_url
 from waxhouse.errors import SettingsError
 
 
@@ -24,6 +24,40 @@ def test_defaults_are_embedded_mode_with_the_local_store() -> None:
     )
     assert settings.kafka_starting_offset == "earliest"
     assert settings.kafka_stop_at_end is False
+    assert settings.kafka_client == "kafka-python"
+
+
+@pytest.mark.parametrize(
+    ("raw", "client"),
+    [
+        (None, "kafka-python"),
+        ("", "kafka-python"),
+        ("kafka-python", "kafka-python"),
+        ("confluent", "confluent"),
+        ("  confluent ", "confluent"),
+    ],
+)
+def test_kafka_client_choice(raw: str | None, client: str) -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}
+    if raw is not None:
+        env["KAFKA_CLIENT"] = raw
+    settings = load_settings(env)
+    assert settings.kafka_client == client
+    assert settings.describe()["kafka_client"] == client
+
+
+@pytest.mark.parametrize("raw", ["librdkafka", "Confluent", "confluent-kafka", "kafka_python"])
+def test_an_unknown_kafka_client_fails_with_one_line_naming_the_variable(raw: str) -> None:
+    with pytest.raises(SettingsError) as failure:
+        load_settings({"KAFKA_CLIENT": raw})
+    assert str(failure.value) == (
+        f"KAFKA_CLIENT must be one of kafka-python, confluent, got {raw!r}"
+    )
+
+
+def test_settings_built_in_code_reject_an_unknown_kafka_client() -> None:
+    with pytest.raises(SettingsError, match=r"^KAFKA_CLIENT must be one of"):
+        Settings(kafka_client="librdkafka")  # type: ignore[arg-type]
 
 
 def test_kafka_mode_and_overrides() -> None:
@@ -66,6 +100,7 @@ def test_secrets_never_show_in_repr_or_description() -> None:
         ({"SESSION_GAP_SECONDS": "1.5"}, "SESSION_GAP_SECONDS"),
         ({"KAFKA_STARTING_OFFSET": "middle"}, "KAFKA_STARTING_OFFSET"),
         ({"KAFKA_STOP_AT_END": "maybe"}, "KAFKA_STOP_AT_END"),
+        ({"KAFKA_CLIENT": "rdkafka"}, "KAFKA_CLIENT"),
         ({"GENERATOR_EVENTS": "-5"}, "GENERATOR_EVENTS"),
         ({"GENERATOR_RATE": "fast"}, "GENERATOR_RATE"),
         ({"CLICKHOUSE_URL": "ftp://x"}, "CLICKHOUSE_URL"),
