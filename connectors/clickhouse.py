@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -35,7 +33,7 @@ from connectors.metrics import (
     SINK_RETRIES,
     SINK_ROWS,
 )
-from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
+from dataflows.rows import RowBatch
 from waxhouse.errors import SinkError
 
 __all__ = [
@@ -50,15 +48,10 @@ __all__ = [
     "Retrier",
     "RetryPolicy",
     "TableSpec",
-    "cents_to_decimal",
-    "dead_letter_values",
     "ensure_schema",
     "is_transient",
-    "ms_to_datetime",
     "open_client",
-    "page_stats_values",
     "parse_clickhouse_url",
-    "session_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,9 +59,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PART_NAME = "clickhouse"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _DATETIME = "DateTime64(3, 'UTC')"
-_MONEY = "Decimal(18, 2)"
+_CENTS = "Int64"
 
 # ClickHouse error codes worth another attempt: overload, timeouts, network, replicas.
 TRANSIENT_ERROR_CODES = frozenset(
@@ -96,7 +88,12 @@ TRANSIENT_ERROR_CODES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
-    """A physical table: its name, the metric label (the contract name), columns, types."""
+    """A physical table: its name, the metric label (the contract name), columns, types.
+
+    The columns are the fields of its row type (`dataflows.rows`), in order: rows are
+    inserted as they are. Times go in as epoch milliseconds, the ticks of
+    `DateTime64(3, 'UTC')`, and money as integer cents.
+    """
 
     name: str
     label: str
@@ -116,11 +113,11 @@ PAGE_STATS_TABLE = TableSpec(
         "clicks",
         "add_to_carts",
         "purchases",
-        "revenue",
+        "revenue_cents",
         "unique_users",
         "version",
     ),
-    types=(_DATETIME, _DATETIME, "String", "String", *["UInt64"] * 4, _MONEY, "UInt64", "UInt64"),
+    types=(_DATETIME, _DATETIME, "String", "String", *["UInt64"] * 4, _CENTS, "UInt64", "UInt64"),
 )
 USER_SESSIONS_TABLE = TableSpec(
     name="user_sessions_data",
@@ -132,12 +129,12 @@ USER_SESSIONS_TABLE = TableSpec(
         "events",
         "page_views",
         "purchases",
-        "revenue",
+        "revenue_cents",
         "entry_page",
         "exit_page",
         "version",
     ),
-    types=("String", _DATETIME, _DATETIME, *["UInt64"] * 3, _MONEY, "String", "String", "UInt64"),
+    types=("String", _DATETIME, _DATETIME, *["UInt64"] * 3, _CENTS, "String", "String", "UInt64"),
 )
 DEAD_LETTERS_TABLE = TableSpec(
     name="dead_letters_data",
@@ -145,63 +142,6 @@ DEAD_LETTERS_TABLE = TableSpec(
     columns=("source", "reason", "error", "payload", "received_at"),
     types=("String", "String", "String", "String", _DATETIME),
 )
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    """Epoch milliseconds as an aware UTC datetime, exactly (no float rounding)."""
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def cents_to_decimal(cents: int) -> Decimal:
-    """Integer cents as an exact Decimal with two places: 1999 -> Decimal('19.99')."""
-    return Decimal(cents).scaleb(-2)
-
-
-def page_stats_values(row: PageStatsRow) -> tuple[Any, ...]:
-    """Column values of `row` in `PAGE_STATS_TABLE.columns` order."""
-    return (
-        ms_to_datetime(row.window_start_ms),
-        ms_to_datetime(row.window_end_ms),
-        row.page,
-        row.part,
-        row.views,
-        row.clicks,
-        row.add_to_carts,
-        row.purchases,
-        cents_to_decimal(row.revenue_cents),
-        row.unique_users,
-        row.version,
-    )
-
-
-def session_values(row: SessionRow) -> tuple[Any, ...]:
-    """Column values of `row` in `USER_SESSIONS_TABLE.columns` order."""
-    return (
-        row.user_id,
-        ms_to_datetime(row.session_start_ms),
-        ms_to_datetime(row.session_end_ms),
-        row.events,
-        row.page_views,
-        row.purchases,
-        cents_to_decimal(row.revenue_cents),
-        row.entry_page,
-        row.exit_page,
-        row.version,
-    )
-
-
-def dead_letter_values(row: DeadLetterRow) -> tuple[Any, ...]:
-    """Column values of `row` in `DEAD_LETTERS_TABLE.columns` order.
-
-    The payload goes in as the raw bytes it arrived as (it may not be valid UTF-8).
-    """
-    return (
-        row.source,
-        row.reason,
-        row.error,
-        bytes(row.payload),
-        ms_to_datetime(row.received_at_ms),
-    )
 
 
 # --- retries (pure) ---------------------------------------------------------------------
@@ -258,6 +198,7 @@ class InsertClient(Protocol):
         database: str | None = None,
         column_types: Any = None,
         column_type_names: Sequence[str] | None = None,
+        column_oriented: bool = False,
     ) -> Any: ...
 
 
@@ -327,17 +268,22 @@ class ClickHouseWriter:
 
     def write(self, batch: RowBatch) -> None:
         """Insert every row of `batch`; returns once all are in ClickHouse."""
-        self._insert(PAGE_STATS_TABLE, [page_stats_values(r) for r in batch.page_stats])
-        self._insert(USER_SESSIONS_TABLE, [session_values(r) for r in batch.sessions])
-        self._insert(DEAD_LETTERS_TABLE, [dead_letter_values(r) for r in batch.dead_letters])
+        self._insert(PAGE_STATS_TABLE, batch.page_stats)
+        self._insert(USER_SESSIONS_TABLE, batch.sessions)
+        self._insert(DEAD_LETTERS_TABLE, batch.dead_letters)
 
-    def _insert(self, table: TableSpec, rows: list[tuple[Any, ...]]) -> None:
+    def _insert(self, table: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
+        columns = list(zip(*rows, strict=True))
         with SINK_BATCH_SECONDS.labels(table.label).time():
             self._retrier.call(
                 lambda: self._client.insert(
-                    table.name, rows, column_names=table.columns, column_type_names=table.types
+                    table.name,
+                    columns,
+                    column_names=table.columns,
+                    column_type_names=table.types,
+                    column_oriented=True,
                 ),
                 f"Insert of {len(rows)} rows into {table.name}",
                 metric_label=table.label,

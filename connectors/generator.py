@@ -29,7 +29,7 @@ from typing import NamedTuple
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from dataflows.records import InputBatch, SourceItem, SourceRecord
+from dataflows.records import InputBatch, SourceItem
 
 GENERATOR_PART = "generator"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -364,8 +364,14 @@ class _GeneratorPartition(StatefulSourcePartition[tuple[str, SourceItem], bytes]
             self._awake_at = None if count > 0 else time.monotonic() + 1 / self._rate
             if count <= 0:
                 return []
-        records = [SourceRecord(r.n, r.value, r.timestamp_ms) for r in self._gen.take(count)]
-        batch = InputBatch(GENERATOR_PART, f"{GENERATOR_PART}/", records)
+        records = self._gen.take(count)
+        batch = InputBatch(
+            GENERATOR_PART,
+            f"{GENERATOR_PART}/",
+            [r.n for r in records],
+            [r.value for r in records],
+            [r.timestamp_ms for r in records],
+        )
         return [(GENERATOR_PART, batch)]
 
     def next_awake(self) -> datetime | None:

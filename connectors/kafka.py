@@ -26,7 +26,7 @@ from kafka.errors import (
 )
 
 from connectors.metrics import CONSUMER_LAG, DLQ_RECORDS, RECORDS_CONSUMED
-from dataflows.records import IdleTick, InputBatch, SourceItem, SourceRecord
+from dataflows.records import IdleTick, InputBatch, SourceItem
 from dataflows.rows import DeadLetterRow
 from dataflows.settings import StartingOffset
 from waxhouse.errors import SinkError, SourceError
@@ -123,15 +123,21 @@ class _KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
         self._last_data = time.monotonic()
         if self._stop_at is not None:
             records = [r for r in records if r.offset < self._stop_at]
-        batch = [SourceRecord(r.offset, r.value, r.timestamp) for r in records]
-        if batch:
-            self._next_offset = batch[-1].offset + 1
-        else:
+        if not records:  # all past the stop offset
             self._next_offset = self._stop_at or self._next_offset
+            return []
+        batch = InputBatch(
+            self._part,
+            self._prefix,
+            [r.offset for r in records],
+            [r.value for r in records],
+            [r.timestamp for r in records],
+        )
+        self._next_offset = batch.offsets[-1] + 1
         self._consumed.inc(len(batch))
         if highwater is not None:
             self._lag.set(max(0, highwater - self._next_offset))
-        return [(self._part, InputBatch(self._part, self._prefix, batch))]
+        return [(self._part, batch)]
 
     def _idle_tick(self, highwater: int | None) -> list[KeyedItem]:
         """A live partition that has read all there is lets wall-clock time pass."""

@@ -9,7 +9,7 @@ and results land in the chDB store at ./data/clickhouse. See README.md for the r
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -26,6 +26,10 @@ from waxhouse.errors import SettingsError
 from waxhouse.logs import configure_logging
 from waxhouse.recovery import prepare_recovery
 from waxhouse.report import RunReport
+from waxhouse.runtime import tune_garbage_collector
+
+if TYPE_CHECKING:
+    from connectors.kafka_confluent import ConfluentKafkaSource
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +41,12 @@ def build_flow(settings: Settings) -> Dataflow:
         generator = GeneratorConfig(seed=settings.generator_seed, events=settings.generator_events)
         source = GeneratorSource(generator, rate=settings.generator_rate)
     else:
-        source = KafkaSource(
+        kafka_source: type[KafkaSource | ConfluentKafkaSource] = KafkaSource
+        if settings.kafka_client == "confluent":  # an optional dependency: imported if chosen
+            from connectors.kafka_confluent import ConfluentKafkaSource
+
+            kafka_source = ConfluentKafkaSource
+        source = kafka_source(
             settings.kafka_bootstrap_servers or "",
             settings.kafka_topic,
             starting_offset=settings.kafka_starting_offset,
@@ -85,4 +94,5 @@ settings = _load()
 configure_logging(settings.log_level)
 logger.info("clickstream starting: %s", settings.describe())
 prepare_recovery()
+tune_garbage_collector()
 flow = build_flow(settings)

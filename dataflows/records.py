@@ -6,27 +6,35 @@ A batch is one unit of work: the windowing step parses and aggregates it whole.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
-
-
-class SourceRecord(NamedTuple):
-    """One raw record: its position in the partition, its bytes and its record time."""
-
-    offset: int
-    value: bytes | None
-    timestamp_ms: int
 
 
 @dataclass(frozen=True, slots=True)
 class InputBatch:
-    """Records read in one poll of one source partition, in partition order.
+    """Records read in one poll of one source partition, in partition order, as columns.
 
-    `source_prefix` + offset names a record in `dead_letters.source`, e.g. `events/0/` + 42.
+    Entry `i` of `offsets`, `values` and `timestamps_ms` describes the same record: its
+    position in the partition, its bytes and its record time (epoch ms). Columns, not one
+    object per record, so a source fills them with three list comprehensions.
+    `record_source(part, offset)` names a record in `dead_letters.source`.
     """
 
     part: str
     source_prefix: str
-    records: list[SourceRecord]
+    offsets: list[int]
+    values: list[bytes | None]
+    timestamps_ms: list[int]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def source(self, index: int) -> str:
+        """The `dead_letters.source` of record `index`."""
+        return record_source(self.part, self.offsets[index])
+
+
+def record_source(part: str, offset: int) -> str:
+    """A record's `dead_letters.source`: `events/0/42` (topic/partition/offset), `generator/7`."""
+    return f"{part}/{offset}"
 
 
 @dataclass(frozen=True, slots=True)

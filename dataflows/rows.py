@@ -1,7 +1,8 @@
 """Output rows: what the windowing step emits and the ClickHouse sink writes.
 
-Times are integer epoch milliseconds (UTC) and money is integer cents; the sink turns
-them into `DateTime64(3, 'UTC')` and `Decimal(18, 2)` at the edge.
+Each row is a tuple in its physical table's column order, so the sink inserts rows as
+they are. Times are integer epoch milliseconds (UTC), which is how `DateTime64(3, 'UTC')`
+stores them, and money is integer cents; the views make it `Decimal(18, 2)`.
 
 Each row carries the identity ClickHouse deduplicates on and a `version` that grows with
 its content, so a replayed row overwrites an identical one and a partial row can never
@@ -11,10 +12,10 @@ replace a fuller one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class PageStatsRow:
+class PageStatsRow(NamedTuple):
     """One page's counts in one tumbling window, from one source partition.
 
     Identity: `(page, window_start_ms, part)`. The `page_stats` view sums the partitions;
@@ -34,8 +35,7 @@ class PageStatsRow:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRow:
+class SessionRow(NamedTuple):
     """One closed user session. Identity: `(user_id, session_start_ms)`."""
 
     user_id: str
@@ -50,8 +50,7 @@ class SessionRow:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterRow:
+class DeadLetterRow(NamedTuple):
     """One rejected record. Identity: `source` (`topic/partition/offset` or `generator/<n>`).
 
     `received_at_ms` is the record's own timestamp (the Kafka record time), so a replay

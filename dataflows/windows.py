@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from itertools import accumulate
 
 from dataflows.events import Event
+from dataflows.records import record_source
 from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
 
 _NO_WATERMARK = -(2**62)
+_NEVER = 2**62
 
 # Page window accumulator slots.
 _VIEWS, _CLICKS, _CARTS, _PURCHASES, _CENTS, _USERS = range(6)
@@ -59,23 +62,34 @@ class PageWindows:
         self._part = part
         self._open: dict[int, dict[str, list]] = {}
 
-    def add(self, event: Event, watermark: int) -> bool:
-        """Count `event` unless its window has closed; returns whether it was counted."""
-        ts = event.ts
-        start = ts - ts % self._size
-        if start + self._size + self._lateness < watermark:
-            return False
-        pages = self._open.get(start)
-        if pages is None:
-            pages = self._open[start] = {}
-        acc = pages.get(event.page)
-        if acc is None:
-            acc = pages[event.page] = [0, 0, 0, 0, 0, set()]
-        acc[_TYPE_SLOT[event.type]] += 1
-        if event.type == "purchase":
-            acc[_CENTS] += event.cents
-        acc[_USERS].add(event.user_id)
-        return True
+    def add_all(self, events: list[Event], marks: list[int]) -> list[int]:
+        """Count each event unless its window has closed; returns the indexes not counted.
+
+        `marks[i]` is the watermark event `i` arrived at.
+        """
+        size, lateness, windows = self._size, self._lateness, self._open
+        slots, purchase = _TYPE_SLOT, "purchase"
+        late: list[int] = []
+        current = -1
+        pages: dict[str, list] = {}
+        for i, (_, user_id, kind, page, ts, cents, _, _, _) in enumerate(events):
+            start = ts - ts % size
+            if start + size + lateness < marks[i]:
+                late.append(i)
+                continue
+            if start != current:
+                current = start
+                pages = windows.get(start)  # type: ignore[assignment]
+                if pages is None:
+                    pages = windows[start] = {}
+            acc = pages.get(page)
+            if acc is None:
+                acc = pages[page] = [0, 0, 0, 0, 0, set()]
+            acc[slots[kind]] += 1
+            if kind == purchase:
+                acc[_CENTS] += cents
+            acc[_USERS].add(user_id)
+        return late
 
     def close(self, watermark: int) -> list[PageStatsRow]:
         """Emit and forget every window the watermark has passed."""
@@ -94,22 +108,26 @@ class PageWindows:
         return rows
 
     def _rows(self, start: int, pages: dict[str, list]) -> list[PageStatsRow]:
-        end = start + self._size
+        end, part, new = start + self._size, self._part, tuple.__new__
+        # PageStatsRow fields in order, built without a Python-level __new__ per row.
         return [
-            PageStatsRow(
-                window_start_ms=start,
-                window_end_ms=end,
-                page=page,
-                part=self._part,
-                views=acc[_VIEWS],
-                clicks=acc[_CLICKS],
-                add_to_carts=acc[_CARTS],
-                purchases=acc[_PURCHASES],
-                revenue_cents=acc[_CENTS],
-                unique_users=len(acc[_USERS]),
-                version=acc[_VIEWS] + acc[_CLICKS] + acc[_CARTS] + acc[_PURCHASES],
+            new(
+                PageStatsRow,
+                (
+                    start,
+                    end,
+                    page,
+                    part,
+                    views,
+                    clicks,
+                    carts,
+                    purchases,
+                    cents,
+                    len(users),
+                    views + clicks + carts + purchases,  # version
+                ),
             )
-            for page, acc in pages.items()
+            for page, (views, clicks, carts, purchases, cents, users) in pages.items()
         ]
 
 
@@ -119,19 +137,65 @@ class UserSessions:
     Per user it keeps the open sessions (sorted, more than `gap` apart) and, for a while
     after one closes, the end of the last closed one, so that a late event that would
     bridge into an emitted session is recognised as late instead of starting a new one.
-    A heap of (deadline, user) finds closable users without scanning every key.
+
+    A heap of (deadline, user) finds closable users without scanning every key. Each user
+    with state is scheduled once, at a deadline no later than its earliest real one:
+    extending a session only moves its real deadline later, so the common case touches no
+    heap; a user popped too early is rescheduled at its real deadline.
     """
 
     def __init__(self, config: WindowConfig) -> None:
         self._gap = config.session_gap_ms
         self._lateness = config.lateness_ms
+        self._slack = config.session_gap_ms + config.lateness_ms
         # user -> [open sessions, end of the last closed session or None]
         self._users: dict[str, list] = {}
         self._deadlines: list[tuple[int, str]] = []
-        self._touched: set[str] = set()
+        self._scheduled: dict[str, int] = {}  # user -> its live entry in _deadlines
 
     def __len__(self) -> int:
         return sum(len(state[0]) for state in self._users.values())
+
+    def add_all(self, events: list[Event], marks: list[int]) -> list[int]:
+        """Add each event to its user's sessions unless its session has closed; returns the
+        indexes not added. `marks[i]` is the watermark event `i` arrived at.
+
+        The common case, extending a user's one open session, is inline; the rest goes
+        through `add`.
+        """
+        gap, lateness, users = self._gap, self._lateness, self._users
+        late: list[int] = []
+        for i, event in enumerate(events):
+            event_id, user_id, kind, page, ts, cents, _, _, _ = event
+            state = users.get(user_id)
+            if state is not None and len(state[0]) == 1:
+                session = state[0][0]
+                start, end = session[_START], session[_END]
+                if (
+                    start - gap <= ts <= end + gap
+                    and end + gap + lateness >= marks[i]
+                    and (state[1] is None or min(ts, start) - gap > state[1])
+                ):
+                    if ts < start:
+                        session[_START] = ts
+                    elif ts > end:
+                        session[_END] = ts
+                    session[_EVENTS] += 1
+                    if kind == "page_view":
+                        session[_PAGE_VIEWS] += 1
+                    elif kind == "purchase":
+                        session[_S_PURCHASES] += 1
+                        session[_S_CENTS] += cents
+                    if ts <= session[_ENTRY][0] or ts >= session[_EXIT][0]:
+                        key = (ts, event_id, page)
+                        if key < session[_ENTRY]:
+                            session[_ENTRY] = key
+                        if key > session[_EXIT]:
+                            session[_EXIT] = key
+                    continue
+            if not self.add(event, marks[i]):
+                late.append(i)
+        return late
 
     def add(self, event: Event, watermark: int) -> bool:
         """Add `event` to its user's sessions unless its session has closed."""
@@ -142,20 +206,9 @@ class UserSessions:
             if ts + gap + self._lateness < watermark:
                 return False
             self._users[event.user_id] = [[_new_session(event)], None]
-            self._touched.add(event.user_id)
+            self._schedule(event.user_id, ts + self._slack)
             return True
         sessions, last_closed = state
-        if len(sessions) == 1:
-            # The common case: extend the user's one open session in place.
-            session = sessions[0]
-            if session[_START] - gap <= ts <= session[_END] + gap:
-                if session[_END] + gap + self._lateness < watermark:
-                    return False
-                if last_closed is not None and min(ts, session[_START]) - gap <= last_closed:
-                    return False
-                _add(session, event)
-                self._touched.add(event.user_id)
-                return True
         touching = [s for s in sessions if s[_START] - gap <= ts <= s[_END] + gap]
         if touching:
             if any(s[_END] + gap + self._lateness < watermark for s in touching):
@@ -174,28 +227,29 @@ class UserSessions:
         kept.append(merged)
         kept.sort(key=_session_start)
         state[0] = kept
-        self._touched.add(event.user_id)
+        self._schedule(event.user_id, min(s[_END] for s in kept) + self._slack)
         return True
+
+    def _schedule(self, user: str, deadline: int) -> None:
+        """Make sure `user` is looked at once the watermark passes `deadline`."""
+        if deadline < self._scheduled.get(user, _NEVER):
+            self._scheduled[user] = deadline
+            heapq.heappush(self._deadlines, (deadline, user))
 
     def close(self, watermark: int) -> list[SessionRow]:
         """Emit every session the watermark has passed; forget users with nothing left."""
-        heap = self._deadlines
-        slack = self._gap + self._lateness
-        for user in self._touched:
-            sessions = self._users[user][0]
-            if sessions:
-                heapq.heappush(heap, (min(s[_END] for s in sessions) + slack, user))
-        self._touched.clear()
+        heap, scheduled = self._deadlines, self._scheduled
         rows: list[SessionRow] = []
         while heap and heap[0][0] < watermark:
-            _, user = heapq.heappop(heap)
-            state = self._users.get(user)
-            if state is not None:
-                self._close_user(user, state, watermark, rows)
+            deadline, user = heapq.heappop(heap)
+            if scheduled.get(user) != deadline:
+                continue  # superseded by an earlier entry, already handled
+            del scheduled[user]
+            self._close_user(user, self._users[user], watermark, rows)
         return rows
 
     def _close_user(self, user: str, state: list, watermark: int, rows: list[SessionRow]) -> None:
-        slack = self._gap + self._lateness
+        slack = self._slack
         sessions, last_closed = state
         still_open = []
         for session in sessions:
@@ -205,18 +259,15 @@ class UserSessions:
                     last_closed = session[_END]
             else:
                 still_open.append(session)
-        emitted = len(still_open) < len(sessions)
         state[0], state[1] = still_open, last_closed
         if still_open:
-            if emitted:
-                deadline = min(s[_END] for s in still_open) + slack
-                heapq.heappush(self._deadlines, (deadline, user))
+            self._schedule(user, min(s[_END] for s in still_open) + slack)
         elif last_closed is None or last_closed + self._gap + slack < watermark:
             # No on-time event can reach back to the closed session any more: an event
             # that would is late by the plain "its session would have closed" rule.
             del self._users[user]
-        elif emitted:
-            heapq.heappush(self._deadlines, (last_closed + self._gap + slack, user))
+        else:
+            self._schedule(user, last_closed + self._gap + slack)
 
     def flush(self) -> list[SessionRow]:
         """Emit every open session, keeping them open (bounded mode's end of input)."""
@@ -244,27 +295,6 @@ def _new_session(event: Event) -> list:
         key,
         key,
     ]
-
-
-def _add(session: list, event: Event) -> None:
-    ts = event.ts
-    if ts < session[_START]:
-        session[_START] = ts
-    elif ts > session[_END]:
-        session[_END] = ts
-    session[_EVENTS] += 1
-    kind = event.type
-    if kind == "page_view":
-        session[_PAGE_VIEWS] += 1
-    elif kind == "purchase":
-        session[_S_PURCHASES] += 1
-        session[_S_CENTS] += event.cents
-    if ts <= session[_ENTRY][0] or ts >= session[_EXIT][0]:
-        key = (ts, event.event_id, event.page)
-        if key < session[_ENTRY]:
-            session[_ENTRY] = key
-        if key > session[_EXIT]:
-            session[_EXIT] = key
 
 
 def _merge(into: list, other: list) -> None:
@@ -306,21 +336,29 @@ class PartitionWindows:
     def process(self, events: list[Event]) -> RowBatch:
         """Count a batch of events in partition order, then emit what has closed."""
         out = RowBatch()
-        watermark = self.watermark
-        newest = _NO_WATERMARK if self.max_event_ts is None else self.max_event_ts
-        add_page, add_session = self.pages.add, self.sessions.add
-        for event in events:
-            on_time_page = add_page(event, watermark)
-            on_time_session = add_session(event, watermark)
-            if not (on_time_page and on_time_session):
-                out.dead_letters.append(_late(event, on_time_page, on_time_session))
-            if event.ts > newest:
-                newest = event.ts
-                if newest > watermark:
-                    watermark = newest
-        if events:
+        if not events:
+            return self._close(out)
+        times = [event[4] for event in events]
+        # marks[i]: the watermark event i arrives at, the largest event time before it.
+        marks = list(accumulate(times, max, initial=self.watermark))
+        late_pages = self.pages.add_all(events, marks)
+        late_sessions = self.sessions.add_all(events, marks)
+        if late_pages or late_sessions:
+            missed_page, missed_session = set(late_pages), set(late_sessions)
+            for i in sorted(missed_page | missed_session):
+                missed = [
+                    name
+                    for name, late in (
+                        ("page_stats", i in missed_page),
+                        ("user_sessions", i in missed_session),
+                    )
+                    if late
+                ]
+                out.dead_letters.append(self._late(events[i], ", ".join(missed)))
+        newest = max(times)
+        if self.max_event_ts is None or newest > self.max_event_ts:
             self.max_event_ts = newest
-        self.watermark = watermark
+        self.watermark = marks[-1]
         return self._close(out)
 
     def idle(self, idle_ms: int) -> RowBatch:
@@ -333,22 +371,16 @@ class PartitionWindows:
         """End of bounded input: emit everything still open."""
         return RowBatch(page_stats=self.pages.flush(), sessions=self.sessions.flush())
 
+    def _late(self, event: Event, missed: str) -> DeadLetterRow:
+        return DeadLetterRow(
+            source=record_source(self.part, event.offset),
+            reason="late",
+            error=f"missed {missed}",
+            payload=event.payload,
+            received_at_ms=event.received_at_ms,
+        )
+
     def _close(self, out: RowBatch) -> RowBatch:
         out.page_stats.extend(self.pages.close(self.watermark))
         out.sessions.extend(self.sessions.close(self.watermark))
         return out
-
-
-def _late(event: Event, on_time_page: bool, on_time_session: bool) -> DeadLetterRow:
-    missed = [
-        name
-        for name, on_time in (("page_stats", on_time_page), ("user_sessions", on_time_session))
-        if not on_time
-    ]
-    return DeadLetterRow(
-        source=event.source,
-        reason="late",
-        error="missed " + ", ".join(missed),
-        payload=event.payload,
-        received_at_ms=event.received_at_ms,
-    )

@@ -31,13 +31,9 @@ from connectors.clickhouse import (
     InsertClient,
     Retrier,
     RetryPolicy,
-    cents_to_decimal,
-    dead_letter_values,
+    TableSpec,
     is_transient,
-    ms_to_datetime,
-    page_stats_values,
     parse_clickhouse_url,
-    session_values,
 )
 from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
 from waxhouse.cli import render_json_lines, render_table
@@ -143,110 +139,25 @@ def test_masked_form_and_repr_never_show_the_password(password: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("ms", "expected"),
+    ("row_type", "table"),
     [
-        (0, datetime(1970, 1, 1, tzinfo=UTC)),
-        (1, datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)),
-        (1_764_152_130_250, datetime(2025, 11, 26, 10, 15, 30, 250_000, tzinfo=UTC)),
-        (MAX_TS_MS, datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)),
+        (PageStatsRow, PAGE_STATS_TABLE),
+        (SessionRow, USER_SESSIONS_TABLE),
+        (DeadLetterRow, DEAD_LETTERS_TABLE),
     ],
 )
-def test_ms_to_datetime_is_exact_and_aware(ms: int, expected: datetime) -> None:
-    value = ms_to_datetime(ms)
-    assert value == expected
-    assert value.utcoffset() is not None and value.utcoffset() == expected.utcoffset()
-
-
-@given(st.integers(min_value=0, max_value=MAX_TS_MS))
-def test_ms_to_datetime_round_trips(ms: int) -> None:
-    value = ms_to_datetime(ms)
-    back = value - datetime(1970, 1, 1, tzinfo=UTC)
-    assert back.days * 86_400_000 + back.seconds * 1000 + back.microseconds // 1000 == ms
-
-
-@pytest.mark.parametrize(
-    ("cents", "text"),
-    [(0, "0.00"), (1, "0.01"), (1999, "19.99"), (100, "1.00"), (100_000_000_000, "1000000000.00")],
-)
-def test_cents_to_decimal_is_exact(cents: int, text: str) -> None:
-    value = cents_to_decimal(cents)
-    assert value == Decimal(text)
-    assert str(value) == text
-
-
-def test_page_stats_values_follow_the_column_order() -> None:
-    row = PageStatsRow(
-        window_start_ms=60_000,
-        window_end_ms=120_000,
-        page="/home",
-        part="events/3",
-        views=5,
-        clicks=4,
-        add_to_carts=3,
-        purchases=2,
-        revenue_cents=1999,
-        unique_users=1,
-        version=15,
-    )
-    values = dict(zip(PAGE_STATS_TABLE.columns, page_stats_values(row), strict=True))
-    assert values == {
-        "window_start": datetime(1970, 1, 1, 0, 1, tzinfo=UTC),
-        "window_end": datetime(1970, 1, 1, 0, 2, tzinfo=UTC),
-        "page": "/home",
-        "part": "events/3",
-        "views": 5,
-        "clicks": 4,
-        "add_to_carts": 3,
-        "purchases": 2,
-        "revenue": Decimal("19.99"),
-        "unique_users": 1,
-        "version": 15,
-    }
-
-
-def test_session_values_follow_the_column_order() -> None:
-    row = SessionRow(
-        user_id="u1",
-        session_start_ms=0,
-        session_end_ms=MAX_TS_MS,
-        events=3,
-        page_views=2,
-        purchases=1,
-        revenue_cents=5,
-        entry_page="/a",
-        exit_page="/b",
-        version=3,
-    )
-    values = dict(zip(USER_SESSIONS_TABLE.columns, session_values(row), strict=True))
-    assert values == {
-        "user_id": "u1",
-        "session_start": datetime(1970, 1, 1, tzinfo=UTC),
-        "session_end": datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC),
-        "events": 3,
-        "page_views": 2,
-        "purchases": 1,
-        "revenue": Decimal("0.05"),
-        "entry_page": "/a",
-        "exit_page": "/b",
-        "version": 3,
-    }
-
-
-def test_dead_letter_values_keep_the_payload_bytes() -> None:
-    row = DeadLetterRow("events/0/7", "invalid_json", "not UTF-8", b"\xff\xfe{", 1_000)
-    values = dict(zip(DEAD_LETTERS_TABLE.columns, dead_letter_values(row), strict=True))
-    assert values == {
-        "source": "events/0/7",
-        "reason": "invalid_json",
-        "error": "not UTF-8",
-        "payload": b"\xff\xfe{",
-        "received_at": datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC),
-    }
-
-
-def test_table_specs_name_a_type_for_every_column() -> None:
-    for table in (PAGE_STATS_TABLE, USER_SESSIONS_TABLE, DEAD_LETTERS_TABLE):
-        assert len(table.columns) == len(table.types) == len(set(table.columns))
+def test_rows_are_inserted_as_they_are_so_their_fields_are_the_columns(
+    row_type: type, table: TableSpec
+) -> None:
+    """Field i of the row type is column i of its table (`_ms` marks epoch ms ticks)."""
+    columns = [field.removesuffix("_ms") for field in row_type._fields]
+    assert columns == list(table.columns)
+    assert len(table.types) == len(table.columns)
+    for column, kind in zip(table.columns, table.types, strict=True):
+        if column.endswith(("_start", "_end", "_at")):
+            assert kind == "DateTime64(3, 'UTC')", column
+        if column.endswith("_cents"):
+            assert kind == "Int64", column
 
 
 # --- retries ----------------------------------------------------------------------------
@@ -268,14 +179,14 @@ class FakeClient:
         database: str | None = None,
         column_types: Any = None,
         column_type_names: Sequence[str] | None = None,
+        column_oriented: bool = False,
     ) -> Any:
         self.attempts += 1
         if self.errors:
             raise self.errors.pop(0)
         assert table is not None and data is not None and column_type_names is not None
-        self.inserted.append(
-            (table, list(data), tuple(column_names or ()), tuple(column_type_names))
-        )
+        rows = list(zip(*data, strict=True)) if column_oriented else list(data)
+        self.inserted.append((table, rows, tuple(column_names or ()), tuple(column_type_names)))
         return None
 
 

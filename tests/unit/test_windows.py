@@ -25,7 +25,7 @@ def ev(
     event_id: str | None = None,
 ) -> Event:
     eid = event_id or f"e{ts}-{user}-{page}"
-    return Event(eid, user, kind, page, ts, cents, f"t/0/{ts}", b"{}", ts)
+    return Event(eid, user, kind, page, ts, cents, ts, b"{}", ts)
 
 
 def run(events: list[Event], *, flush: bool = True, config: WindowConfig = CONFIG) -> RowBatch:
@@ -85,7 +85,7 @@ def test_event_for_a_closed_window_is_late_but_counted_in_its_open_session() -> 
     out = run([ev(50_000), ev(W + L + 1), late])
     assert stats(out)[("/a", 0)].views == 1
     [dead] = out.dead_letters
-    assert (dead.reason, dead.error, dead.source) == ("late", "missed page_stats", late.source)
+    assert (dead.reason, dead.error, dead.source) == ("late", "missed page_stats", f"t/0/{late.offset}")
     [session] = out.sessions
     assert session.events == 3
 
