@@ -8,7 +8,7 @@ SELECT
     sum(clicks) AS clicks,
     sum(add_to_carts) AS add_to_carts,
     sum(purchases) AS purchases,
-    CAST(sum(revenue_cents) AS Decimal(18, 2)) / 100 AS revenue,
+    CAST(CAST(sum(revenue_cents) AS Decimal(38, 2)) / 100 AS Decimal(18, 2)) AS revenue,
     sum(unique_users) AS unique_users
 FROM page_stats_data FINAL
 GROUP BY window_start, window_end, page

@@ -7,7 +7,7 @@ SELECT
     events,
     page_views,
     purchases,
-    CAST(revenue_cents AS Decimal(18, 2)) / 100 AS revenue,
+    CAST(CAST(revenue_cents AS Decimal(38, 2)) / 100 AS Decimal(18, 2)) AS revenue,
     entry_page,
     exit_page
 FROM user_sessions_data FINAL
