@@ -61,12 +61,19 @@ def arguments(description: str) -> argparse.Namespace:
 
 @dataclass
 class Report:
-    """Records drained, seconds of the drain (runner's own clock), and the job's counts."""
+    """Records drained, seconds of the drain (runner's own clock), and the job's counts.
+
+    `closed_until`, for a runner that leaves windows open at the end of the input: per page,
+    the largest window end up to which it closed (emitted) every window of that page.
+    `dropped`: records it dropped as late, per window (`count_key`).
+    """
 
     started: float = field(default_factory=time.monotonic)
     records: int = 0
     seconds: float = 0.0
     counts: Mapping[str, int] | None = None
+    closed_until: Mapping[str, int] | None = None
+    dropped: Mapping[str, int] | None = None
     notes: dict[str, object] = field(default_factory=dict)
 
     def stop(self) -> None:
@@ -78,5 +85,7 @@ class Report:
             "seconds": self.seconds,
             "notes": self.notes,
             "counts": self.counts,
+            "closed_until": self.closed_until,
+            "dropped": self.dropped,
         }
         path.write_bytes(orjson.dumps(body))
