@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import random
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
+import orjson
 from kafka import KafkaProducer
 
 from connectors.generator import GeneratedRecord
 from tests.support.flow import run_flow
 from tests.support.kafka_broker import KafkaBroker
+
+_SUMMARY = re.compile(r"waxhouse: ([\d,]+) records in [\d.]+ s \(([\d,]+) records/s\)")
 
 
 @contextlib.contextmanager
@@ -51,3 +57,71 @@ def timed_flow(env: Mapping[str, str]) -> tuple[str, float]:
         output = f"{done.stdout}\n{done.stderr[-3000:]}"
         raise RuntimeError(f"no summary in the flow's output:\n{output}")
     return done.stdout, wall
+
+
+def summary_rate(stdout: str) -> tuple[int, float]:
+    """(records, records/s) from the flow's run summary in `stdout`."""
+    match = _SUMMARY.search(stdout)
+    if match is None:
+        raise RuntimeError(f"no run summary in the flow's output:\n{stdout[-3000:]}")
+    records, rate = (int(group.replace(",", "")) for group in match.groups())
+    return records, float(rate)
+
+
+class EventMaker:
+    """Valid clickstream events shaped like the generator's: Zipf-popular pages, the same
+    mix of types, purchase values with 2 decimals; `event_id`s `<prefix><n>`."""
+
+    def __init__(self, seed: int, pages: int = 2_000, prefix: str = "ev-") -> None:
+        self.rng = random.Random(seed)
+        self._pages = [f"/products/{i}" for i in range(pages)]
+        self._cum = list(itertools.accumulate(1.0 / (rank + 1) ** 1.1 for rank in range(pages)))
+        self._prefix = prefix
+        self.n = 0
+
+    def make(self, user_id: str, ts_ms: int) -> bytes:
+        """The next event's JSON, from `user_id` at event time `ts_ms`."""
+        rng = self.rng
+        r = rng.random()
+        kind = "page_view"
+        if r < 0.02:
+            kind = "purchase"
+        elif r < 0.07:
+            kind = "add_to_cart"
+        elif r < 0.32:
+            kind = "click"
+        event: dict[str, object] = {
+            "event_id": f"{self._prefix}{self.n}",
+            "user_id": user_id,
+            "type": kind,
+            "page": rng.choices(self._pages, cum_weights=self._cum)[0],
+            "ts": ts_ms,
+        }
+        if kind == "purchase":
+            event["value"] = rng.randrange(100, 50_000) / 100
+        self.n += 1
+        return orjson.dumps(event)
+
+
+def confluent_producer(servers: str):  # -> confluent_kafka.Producer
+    """A fast producer for the benchmarks that make their own events."""
+    from confluent_kafka import Producer
+
+    return Producer(
+        {
+            "bootstrap.servers": servers,
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+    )
+
+
+def send(producer, topic: str, key: bytes, value: bytes, ts_ms: int) -> None:
+    """`producer.produce`, waiting while its local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, timestamp=ts_ms)
+            return
+        except BufferError:
+            producer.poll(0.05)

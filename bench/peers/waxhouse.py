@@ -1,7 +1,9 @@
 """Ours: `python -m bytewax.run dataflows.clickstream` in bounded mode into a fresh chDB store.
 
 With `--check`, it only reads the counts back from that store's `page_stats` (a separate
-process, so the query is not part of the timed drain).
+process, so the query is not part of the timed drain). `main(env)` runs it with extra
+settings (`bench.peers.waxhouse_confluent`); the Kafka client the flow says it uses is
+noted in the report.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+from bench.common import summary_rate
 from bench.peers._job import Report, arguments, count_key
 from tests.support.clickhouse import query_rows
 from tests.support.flow import REPO, flow_command, flow_env
 
-_SUMMARY = re.compile(r"waxhouse: ([\d,]+) records in [\d.]+ s \(([\d,]+) records/s\)")
+_CLIENT = re.compile(r"'kafka_client': '([\w-]+)'")
 COUNTS_SQL = """
     SELECT page, toUnixTimestamp64Milli(window_start), views + clicks + add_to_carts + purchases
     FROM page_stats"""
@@ -25,7 +29,7 @@ def store_url(out: Path) -> str:
     return f"chdb://{out.resolve().with_suffix('.chdb')}"
 
 
-def drain(servers: str, topic: str, out: Path) -> None:
+def drain(servers: str, topic: str, out: Path, extra_env: Mapping[str, str]) -> None:
     report = Report()
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": servers,
@@ -33,16 +37,18 @@ def drain(servers: str, topic: str, out: Path) -> None:
         "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
         "KAFKA_STOP_AT_END": "true",
         "CLICKHOUSE_URL": store_url(out),
+        **extra_env,
     }
     done = subprocess.run(
         flow_command(), cwd=REPO, env=flow_env(env), capture_output=True, text=True, check=False
     )
     report.stop()
-    match = _SUMMARY.search(done.stdout)
-    if done.returncode != 0 or match is None:
+    if done.returncode != 0 or "records/s" not in done.stdout:
         sys.exit(f"the flow failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
-    records, rate = (int(g.replace(",", "")) for g in match.groups())
+    records, rate = summary_rate(done.stdout)
     report.notes["command_seconds"] = report.seconds
+    client = _CLIENT.search(done.stdout + done.stderr)
+    report.notes["kafka_client"] = client.group(1) if client else "unknown"
     report.records, report.seconds = records, records / rate  # the flow's own clock
     report.write(out)
 
@@ -54,14 +60,14 @@ def check(out: Path) -> None:
     report.write(out.with_suffix(".counts.json"))
 
 
-def main() -> None:
+def main(extra_env: Mapping[str, str] | None = None) -> None:
     if "--check" in sys.argv:
         sys.argv.remove("--check")
         args = arguments(__doc__.splitlines()[0])
         check(args.out)
     else:
         args = arguments(__doc__.splitlines()[0])
-        drain(args.bootstrap, args.topic, args.out)
+        drain(args.bootstrap, args.topic, args.out, extra_env or {})
 
 
 if __name__ == "__main__":
