@@ -1,8 +1,9 @@
 """ClickHouse sink: shape output rows in pure code, insert them in one place, with retries.
 
 `ClickHouseSink` has a single partition, so in a multi-process run exactly one process
-opens the store (an embedded chDB store allows no more). `write_batch` returns only once
-the rows are in ClickHouse: recovery relies on it. Replays and retries are safe because
+opens the store (an embedded chDB store allows no more). Writes go on while the flow
+works; an epoch's snapshot returns only once its rows are in ClickHouse: recovery relies
+on it. Replays and retries are safe because
 the tables deduplicate on each row's identity and keep its highest version.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -323,12 +325,16 @@ class _ClientThread:
 
 
 class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
-    """Writes each batch on the client thread while the worker goes on with the next one.
+    """Writes on the client thread while the worker goes on, batching what piles up.
 
-    At most one write is in flight. It is waited for before the next write starts (rows
-    stay in order, and a slow ClickHouse holds the flow back), before the epoch's
-    snapshot (so an epoch is only committed once its rows are stored: recovery relies
-    on it) and before closing. A write that failed for good raises at the next of these.
+    `write_batch` queues the rows and returns. The client thread writes whatever is queued
+    as one insert, then the next: while ClickHouse is quick, each batch is written as it
+    comes (fresh results); while it is busy, batches pile up and go in together (fewer,
+    larger inserts, which is what ClickHouse wants). Rows stay in order. With more than
+    `max_queued_rows` waiting, `write_batch` waits for the insert in flight, so a slow
+    ClickHouse holds the flow back. `snapshot()` and `close()` return only once every
+    row received is stored: an epoch is only committed once its rows are in ClickHouse,
+    which recovery relies on. A write that failed for good raises at the next call.
     """
 
     def __init__(
@@ -337,34 +343,62 @@ class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
         client: Client,
         writer: ClickHouseWriter,
         on_close: Callable[[Client], None] | None,
+        max_queued_rows: int = 200_000,
     ) -> None:
         self._thread = thread
         self._client = client
         self._writer = writer
         self._on_close = on_close
+        self._max_queued_rows = max_queued_rows
+        self._lock = threading.Lock()
+        self._queued = RowBatch()
         self._in_flight: Future[None] | None = None
 
     def write_batch(self, values: list[RowBatch]) -> None:
-        batch = RowBatch()
-        for value in values:
-            batch.extend(value)
-        self._wait_for_write()
-        self._in_flight = self._thread.submit(lambda: self._writer.write(batch))
+        with self._lock:
+            for value in values:
+                self._queued.extend(value)
+            backlog = len(self._queued) > self._max_queued_rows
+            in_flight = self._start_write()
+        if in_flight is not None and (backlog or in_flight.done()):
+            in_flight.result()  # raises if that write failed for good
 
     def snapshot(self) -> None:
-        self._wait_for_write()
+        self._drain()
         return None
 
     def close(self) -> None:
         try:
-            self._wait_for_write()
+            self._drain()
             self._thread.call(self._close_client)
         finally:
             self._thread.close()
 
-    def _wait_for_write(self) -> None:
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
+    def _start_write(self) -> Future[None] | None:
+        """With the lock held: submit what is queued unless a write is in flight; returns
+        the write in flight, if any."""
+        if self._in_flight is None and self._queued:
+            batch, self._queued = self._queued, RowBatch()
+            self._in_flight = self._thread.submit(lambda: self._write(batch))
+        return self._in_flight
+
+    def _write(self, batch: RowBatch) -> None:
+        """On the client thread: one insert per table, then start on what queued up.
+
+        After a failure nothing more is written; the failure surfaces through this
+        write's future (every later call waits on it)."""
+        self._writer.write(batch)
+        with self._lock:
+            self._in_flight = None
+            self._start_write()
+
+    def _drain(self) -> None:
+        """Wait until every row received so far is stored; raise a failed write's error."""
+        while True:
+            with self._lock:
+                in_flight = self._start_write()
+            if in_flight is None:
+                return
             in_flight.result()
 
     def _close_client(self) -> None:

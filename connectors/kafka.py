@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -42,6 +42,7 @@ _UNREACHABLE_TIMEOUT_S = 300.0
 _FETCH_WAIT = timedelta(milliseconds=5)  # a fetch is in flight: look again soon
 _CAUGHT_UP_WAIT = timedelta(milliseconds=50)  # nothing new: poll gently
 _IDLE_TICK_EVERY_S = 0.2
+_DLQ_MAX_PENDING = 10_000  # letters sent but not yet known to be acknowledged
 
 
 def _while_unreachable(what: str, action: Callable[[], T]) -> T:
@@ -240,36 +241,54 @@ DLQ_PART = "dlq"
 
 
 class _DeadLetterPartition(StatefulSinkPartition[DeadLetterRow, None]):
+    """Sends letters as they come and waits for Kafka's acknowledgements once per epoch.
+
+    `snapshot()` ends an epoch: it returns only when every letter sent so far is
+    acknowledged, so a committed epoch never loses one, and the worker does not wait
+    for a round trip per batch. A large backlog is settled early to bound memory.
+    """
+
     def __init__(self, producer: KafkaProducer, topic: str) -> None:
         self._producer = producer
         self._topic = topic
+        self._pending: list[tuple[DeadLetterRow, Any]] = []
 
     def write_batch(self, values: list[DeadLetterRow]) -> None:
-        futures = []
         for row in values:
             headers = [
                 ("reason", row.reason.encode()),
                 ("error", row.error.encode()),
                 ("source", row.source.encode()),
             ]
-            futures.append(self._producer.send(self._topic, value=row.payload, headers=headers))
-        # Acknowledged before the epoch can close: a crash after this never loses a letter.
+            future = self._producer.send(self._topic, value=row.payload, headers=headers)
+            self._pending.append((row, future))
+        if len(self._pending) >= _DLQ_MAX_PENDING:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait until every letter sent is acknowledged; fail loudly if one was not."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
         self._producer.flush()
-        for future in futures:
+        for row, future in pending:
             try:
                 future.get(timeout=0)
             except KafkaError as e:
                 raise SinkError(
                     f"producing to dead-letter topic {self._topic!r} failed: {e}"
                 ) from e
-        for row in values:
             DLQ_RECORDS.labels(reason=row.reason).inc()
 
     def snapshot(self) -> None:
+        self._settle()
         return None
 
     def close(self) -> None:
-        self._producer.close()
+        try:
+            self._settle()
+        finally:
+            self._producer.close()
 
 
 class KafkaDeadLetterSink(FixedPartitionedSink[DeadLetterRow, None]):
@@ -303,7 +322,8 @@ class KafkaDeadLetterSink(FixedPartitionedSink[DeadLetterRow, None]):
             lambda: KafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 acks="all",
-                linger_ms=5,
+                linger_ms=100,  # letters are settled once per epoch: batch them
+                batch_size=1024 * 1024,
                 max_request_size=16 * 1024 * 1024,
                 **self._options,
             ),

@@ -75,6 +75,9 @@ class RowBatch:
     def __bool__(self) -> bool:
         return bool(self.page_stats or self.sessions or self.dead_letters)
 
+    def __len__(self) -> int:
+        return len(self.page_stats) + len(self.sessions) + len(self.dead_letters)
+
     def extend(self, other: RowBatch) -> None:
         self.page_stats.extend(other.page_stats)
         self.sessions.extend(other.sessions)

@@ -176,22 +176,25 @@ class UserSessions:
                     and end + gap + lateness >= marks[i]
                     and (state[1] is None or min(ts, start) - gap > state[1])
                 ):
-                    if ts < start:
-                        session[_START] = ts
-                    elif ts > end:
+                    # The entry key's time is the start, the exit key's the end.
+                    if ts > end:
                         session[_END] = ts
+                        session[_EXIT] = (ts, event_id, page)
+                    elif ts < start:
+                        session[_START] = ts
+                        session[_ENTRY] = (ts, event_id, page)
+                    elif ts in (end, start):  # a tie: the key decides
+                        key = (ts, event_id, page)
+                        if key < session[_ENTRY]:
+                            session[_ENTRY] = key
+                        if key > session[_EXIT]:
+                            session[_EXIT] = key
                     session[_EVENTS] += 1
                     if kind == "page_view":
                         session[_PAGE_VIEWS] += 1
                     elif kind == "purchase":
                         session[_S_PURCHASES] += 1
                         session[_S_CENTS] += cents
-                    if ts <= session[_ENTRY][0] or ts >= session[_EXIT][0]:
-                        key = (ts, event_id, page)
-                        if key < session[_ENTRY]:
-                            session[_ENTRY] = key
-                        if key > session[_EXIT]:
-                            session[_EXIT] = key
                     continue
             if not self.add(event, marks[i]):
                 late.append(i)

@@ -9,7 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflows.events import MAX_TS_MS, Event, parse_batch, parse_record, parse_timestamp
+from dataflows.events import (
+    _RFC3339,
+    MAX_TS_MS,
+    Event,
+    InvalidField,
+    _parse_rfc3339,
+    _rfc3339_fields,
+    parse_batch,
+    parse_record,
+    parse_timestamp,
+)
 from dataflows.records import InputBatch
 from dataflows.rows import DeadLetterRow
 
@@ -43,9 +53,7 @@ def parse(value: bytes | None) -> Event | DeadLetterRow:
 
 def test_valid_event_keeps_every_field_and_its_record() -> None:
     event = parse(record())
-    assert event == Event(
-        "e1", "u1", "purchase", "/p", 1_767_225_600_000, 1999, 7, record(), 1234
-    )
+    assert event == Event("e1", "u1", "purchase", "/p", 1_767_225_600_000, 1999, 7, record(), 1234)
 
 
 @pytest.mark.parametrize(
@@ -223,3 +231,42 @@ def test_parser_never_raises_and_classifies_every_record(raw: bytes) -> None:
         assert isinstance(parsed, DeadLetterRow)
         assert parsed.reason in ("invalid_json", "invalid_event")
         assert parsed.payload == raw
+
+
+rfc3339_like = st.builds(
+    lambda y, mo, d, sep, h, mi, s, frac, zone: (
+        f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}{frac}{zone}"
+    ),
+    st.integers(0, 9999),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.sampled_from(["T", "t", " "]),
+    st.integers(0, 25),
+    st.integers(0, 60),
+    st.integers(0, 61),
+    st.just("") | st.text(alphabet="0123456789", min_size=1, max_size=12).map(".".__add__),
+    st.sampled_from(["Z", "z"])
+    | st.builds(
+        lambda sign, h, m: f"{sign}{h:02d}:{m:02d}",
+        st.sampled_from("+-"),
+        st.integers(0, 25),
+        st.integers(0, 61),
+    ),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(rfc3339_like)
+def test_rfc3339_fast_reading_agrees_with_the_field_by_field_one(text: str) -> None:
+    """`_parse_rfc3339` lets C read the value; `_rfc3339_fields` is the reference."""
+    match = _RFC3339.fullmatch(text)
+    assert match is not None
+    try:
+        expected: int | str = _rfc3339_fields(match)
+    except InvalidField as e:
+        expected = str(e)
+    try:
+        got: int | str = _parse_rfc3339(text)
+    except InvalidField as e:
+        got = str(e)
+    assert got == expected
