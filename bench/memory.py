@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 import uuid
@@ -97,9 +98,27 @@ class FlowRun:
     seconds: float
     rate: float
     records: int
+    samples: list[tuple[float, int]]  # (seconds since start, RSS bytes), every 0.1 s
 
 
-def drain(name: str, shape: Shape, servers: str, topic: str, scratch: Path) -> FlowRun:
+def sample_rss(pid: int, samples: list[tuple[float, int]], started: float) -> None:
+    """Append the process's resident set size every 0.1 s until it is gone."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        found = re.search(r"VmRSS:\s+(\d+) kB", text)
+        if found is None:  # a zombie: it has exited
+            return
+        samples.append((time.monotonic() - started, int(found.group(1)) * 1024))
+        time.sleep(0.1)
+
+
+def drain(
+    name: str, shape: Shape, servers: str, topic: str, scratch: Path, recovery: bool
+) -> FlowRun:
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": servers,
         "KAFKA_TOPIC": topic,
@@ -108,14 +127,23 @@ def drain(name: str, shape: Shape, servers: str, topic: str, scratch: Path) -> F
         "CLICKHOUSE_URL": f"chdb://{scratch / name}",
     }
     log = scratch / f"{name}.log"
-    command = flow_command(recovery_args(scratch / f"{name}-recovery", snapshot_s=5))
+    args = recovery_args(scratch / f"{name}-recovery", snapshot_s=5) if recovery else []
+    samples: list[tuple[float, int]] = []
     started = time.monotonic()
     with log.open("wb") as out:
         child = subprocess.Popen(
-            command, cwd=REPO, env=flow_env(env), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            flow_command(args),
+            cwd=REPO,
+            env=flow_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
         )
+        sampler = threading.Thread(target=sample_rss, args=(child.pid, samples, started))
+        sampler.start()
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
     seconds = time.monotonic() - started
     text = log.read_text(errors="replace")
     if child.returncode != 0:
@@ -128,7 +156,7 @@ def drain(name: str, shape: Shape, servers: str, topic: str, scratch: Path) -> F
             f"the {name} run read {records_in:,} records and stored {stored:,} sessions; "
             f"expected {shape.events:,} and {shape.open_sessions:,}"
         )
-    return FlowRun(name, shape, usage.ru_maxrss * 1024, seconds, rate, records_in)
+    return FlowRun(name, shape, usage.ru_maxrss * 1024, seconds, rate, records_in, samples)
 
 
 # -- the state alone, in a fresh process -----------------------------------------------------
@@ -197,12 +225,39 @@ def in_fresh_process(shape: Shape) -> int | str:
 # -- the report ------------------------------------------------------------------------------
 
 
+def chart(runs: list[FlowRun], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(9, 4.5))
+    for run in runs:
+        label = f"{run.name}: {run.shape.open_sessions:,} open sessions"
+        axis.plot([t for t, _ in run.samples], [rss / MIB for _, rss in run.samples], label=label)
+    axis.axhline(TARGET_BYTES / MIB, color="tab:red", linestyle="--", label="target 1.5 GiB")
+    axis.set_xlabel("seconds since the flow started")
+    axis.set_ylabel("RSS MiB")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--control-users", type=int, default=1_000)
     parser.add_argument("--span-seconds", type=int, default=1_500, help="< the session gap")
     parser.add_argument("--skip-state", action="store_true", help="no in-process measurement")
+    parser.add_argument(
+        "--recovery",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the flow with recovery on (-r DIR -s 5 -b 0), as the README does",
+    )
     args = parser.parse_args()
     if args.span_seconds >= 1_800:
         parser.error("--span-seconds must be shorter than the 1800 s session gap")
@@ -224,7 +279,7 @@ def main() -> None:
             with multiprocessing.get_context("spawn").Pool(1) as pool:
                 pool.apply(produce, (servers, topic, shape))
             print(f"draining {topic} ...", flush=True)
-            runs[name] = drain(name, shape, servers, topic, scratch)
+            runs[name] = drain(name, shape, servers, topic, scratch, args.recovery)
             run = runs[name]
             print(
                 f"{name}: peak RSS {run.peak_rss / MIB:,.0f} MiB, {run.rate:,.0f} records/s",
@@ -240,6 +295,7 @@ def main() -> None:
     sessions = big.shape.open_sessions - small.shape.open_sessions
     per_session = (big.peak_rss - small.peak_rss) / sessions
     verdict = "met" if big.peak_rss <= TARGET_BYTES else "**not met**"
+    recovery = "recovery on with `-s 5`" if args.recovery else "recovery off"
     lines = [
         "# Memory with open sessions",
         "",
@@ -248,11 +304,11 @@ def main() -> None:
         f"{args.events:,} valid events per run, evenly over {args.span_seconds:,} s of event"
         f" time (session gap 1,800 s, so every session is still open at the end of the input),"
         f" the same pages, types and times in both runs; {PARTITIONS} partitions keyed by"
-        " user. Bounded runs of the flow (`KAFKA_STOP_AT_END=true`, recovery on with"
-        " `-s 5`) into a fresh embedded chDB store; peak RSS from `os.wait4` (`ru_maxrss`)"
+        f" user. Bounded runs of the flow (`KAFKA_STOP_AT_END=true`, {recovery}) into a"
+        " fresh embedded chDB store; peak RSS from `os.wait4` (`ru_maxrss`)"
         " of the `bytewax.run` process, which hosts the Python engine, the Kafka client and"
         " the chDB engine. At the end of the input every open session is written to"
-        " ClickHouse, so the peak includes that write.",
+        " ClickHouse, so the peak includes that write (`memory.png`: RSS every 0.1 s).",
         "",
         "| run | users = open sessions | peak RSS MiB | records/s | wall s |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -298,6 +354,8 @@ def main() -> None:
             lines += [f"- not measured: {state}", ""]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory.md").write_text("\n".join(lines))
+    title = f"flow RSS, {args.events:,} events, recovery {'on' if args.recovery else 'off'}"
+    chart([big, small], title, RESULTS / "memory.png")
     print("\n".join(lines))
 
 
