@@ -353,15 +353,20 @@ class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
         self._lock = threading.Lock()
         self._queued = RowBatch()
         self._in_flight: Future[None] | None = None
+        self._failure: BaseException | None = None  # a write failed for good, not raised yet
+        self._broken = False  # a write failed for good: nothing more is written
 
     def write_batch(self, values: list[RowBatch]) -> None:
         with self._lock:
+            self._raise_failure()
             for value in values:
                 self._queued.extend(value)
             backlog = len(self._queued) > self._max_queued_rows
             in_flight = self._start_write()
-        if in_flight is not None and (backlog or in_flight.done()):
-            in_flight.result()  # raises if that write failed for good
+        if backlog and in_flight is not None:
+            in_flight.result()
+            with self._lock:
+                self._raise_failure()
 
     def snapshot(self) -> None:
         self._drain()
@@ -375,9 +380,9 @@ class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
             self._thread.close()
 
     def _start_write(self) -> Future[None] | None:
-        """With the lock held: submit what is queued unless a write is in flight; returns
-        the write in flight, if any."""
-        if self._in_flight is None and self._queued:
+        """With the lock held: submit what is queued unless a write is in flight (or one
+        failed); returns the write in flight, if any."""
+        if self._in_flight is None and self._queued and not self._broken:
             batch, self._queued = self._queued, RowBatch()
             self._in_flight = self._thread.submit(lambda: self._write(batch))
         return self._in_flight
@@ -385,17 +390,29 @@ class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
     def _write(self, batch: RowBatch) -> None:
         """On the client thread: one insert per table, then start on what queued up.
 
-        After a failure nothing more is written; the failure surfaces through this
-        write's future (every later call waits on it)."""
-        self._writer.write(batch)
+        A write that failed for good stops all writing; the failure is raised once, by
+        the next `write_batch`, `snapshot` or `close` (raising it again while Bytewax
+        shuts down would abort the process without a message)."""
+        try:
+            self._writer.write(batch)
+        except BaseException as e:
+            with self._lock:
+                self._in_flight, self._failure, self._broken = None, e, True
+            return
         with self._lock:
             self._in_flight = None
             self._start_write()
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     def _drain(self) -> None:
         """Wait until every row received so far is stored; raise a failed write's error."""
         while True:
             with self._lock:
+                self._raise_failure()
                 in_flight = self._start_write()
             if in_flight is None:
                 return

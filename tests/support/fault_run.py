@@ -33,10 +33,7 @@ def _kill_mid_flush(at_write: int) -> None:
         nonlocal writes
         writes += 1
         if writes >= at_write and batch.page_stats and (batch.sessions or batch.dead_letters):
-            self._insert(
-                clickhouse.PAGE_STATS_TABLE,
-                [clickhouse.page_stats_values(r) for r in batch.page_stats],
-            )
+            self._insert(clickhouse.PAGE_STATS_TABLE, batch.page_stats)
             sys.stderr.write("fault_run: SIGKILL in the middle of a sink flush\n")
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)

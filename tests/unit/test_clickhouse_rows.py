@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -32,6 +33,8 @@ from connectors.clickhouse import (
     Retrier,
     RetryPolicy,
     TableSpec,
+    _ClickHousePartition,
+    _ClientThread,
     is_transient,
     parse_clickhouse_url,
 )
@@ -400,3 +403,72 @@ def test_render_json_lines_keeps_decimals_exact() -> None:
     assert [json.loads(line) for line in text.splitlines()] == [
         {"page": "/é", "revenue": "0.10", "at": "2026-11-26T10:15:00+00:00"}
     ]
+
+
+# --- the sink partition: group commit ---------------------------------------------------
+
+
+class GatedClient(FakeClient):
+    """Inserts wait until `gate` opens, so writes pile up behind the one in flight."""
+
+    def __init__(self, errors: Sequence[Exception] = ()) -> None:
+        super().__init__(errors)
+        self.gate = threading.Event()
+        self.closed = False
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.gate.wait(timeout=10), "the test never opened the gate"
+        return super().insert(*args, **kwargs)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def sink_partition(client: GatedClient) -> _ClickHousePartition:
+    writer = ClickHouseWriter(client, Retrier(RetryPolicy(max_attempts=1)))
+    return _ClickHousePartition(_ClientThread(), client, writer, on_close=None)  # type: ignore[arg-type]
+
+
+def in_thread(action: Callable[[], None], timeout: float = 5.0) -> None:
+    """Run `action`, failing if it has not returned within `timeout` seconds."""
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as e:  # handed to the test
+            errors.append(e)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout), "blocked"
+    if errors:
+        raise errors[0]
+
+
+def test_batches_queue_behind_the_write_in_flight_and_go_in_together() -> None:
+    client = GatedClient()
+    part = sink_partition(client)
+    # The first batch is being written (blocked at the gate); the next two only queue.
+    in_thread(lambda: part.write_batch([RowBatch(page_stats=[page_row("/1")])]))
+    in_thread(lambda: part.write_batch([RowBatch(page_stats=[page_row("/2")])]))
+    in_thread(lambda: part.write_batch([RowBatch(page_stats=[page_row("/3")])]))
+    assert client.inserted == []
+    client.gate.set()
+    part.snapshot()  # returns only once every row received is stored
+    assert [[row[2] for row in rows] for _, rows, *_ in client.inserted] == [["/1"], ["/2", "/3"]]
+    part.close()
+    assert client.closed
+
+
+def test_a_write_that_failed_for_good_is_raised_once_and_stops_writing() -> None:
+    client = GatedClient([ProgrammingError("no such table")])
+    client.gate.set()
+    part = sink_partition(client)
+    part.write_batch([RowBatch(page_stats=[page_row("/1")])])
+    with pytest.raises(SinkError, match="page_stats_data"):
+        part.snapshot()
+    part.write_batch([RowBatch(page_stats=[page_row("/2")])])
+    part.close()  # no second raise: Bytewax calls close while it shuts down
+    assert client.inserted == [] and client.attempts == 1 and client.closed
