@@ -264,9 +264,15 @@ class Retrier:
 class ClickHouseWriter:
     """Writes a `RowBatch` table by table: all I/O goes through `_insert`."""
 
-    def __init__(self, client: InsertClient, retrier: Retrier | None = None) -> None:
+    def __init__(
+        self,
+        client: InsertClient,
+        retrier: Retrier | None = None,
+        max_insert_rows: int = 100_000,
+    ) -> None:
         self._client = client
         self._retrier = retrier or Retrier()
+        self._max_insert_rows = max_insert_rows
 
     def write(self, batch: RowBatch) -> None:
         """Insert every row of `batch`; returns once all are in ClickHouse."""
@@ -275,8 +281,12 @@ class ClickHouseWriter:
         self._insert(DEAD_LETTERS_TABLE, batch.dead_letters)
 
     def _insert(self, table: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
+        # A bounded-mode flush can hold millions of rows: insert them in slices, so the
+        # encoded block stays small. Each slice is safe to retry or replay on its own.
+        for start in range(0, len(rows), self._max_insert_rows):
+            self._insert_slice(table, rows[start : start + self._max_insert_rows])
+
+    def _insert_slice(self, table: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
         columns = list(zip(*rows, strict=True))
         with SINK_BATCH_SECONDS.labels(table.label).time():
             self._retrier.call(

@@ -32,9 +32,22 @@ _NEVER = 2**62
 _VIEWS, _CLICKS, _CARTS, _PURCHASES, _CENTS, _USERS = range(6)
 _TYPE_SLOT = {"page_view": _VIEWS, "click": _CLICKS, "add_to_cart": _CARTS, "purchase": _PURCHASES}
 
-# Session slots: start, end, events, page_views, purchases, cents, entry key, exit key.
-# Entry is the smallest (ts, event_id, page), exit the largest.
-_START, _END, _EVENTS, _PAGE_VIEWS, _S_PURCHASES, _S_CENTS, _ENTRY, _EXIT = range(8)
+# Session slots: start, end, events, page_views, purchases, cents, then the entry event
+# (id, page) and the exit event (id, page), flat: a million open sessions are a million of
+# these lists. Entry is the event with the smallest (ts, event_id) (its ts is the start),
+# exit the one with the largest (its ts is the end).
+(
+    _START,
+    _END,
+    _EVENTS,
+    _PAGE_VIEWS,
+    _S_PURCHASES,
+    _S_CENTS,
+    _ENTRY_ID,
+    _ENTRY_PAGE,
+    _EXIT_ID,
+    _EXIT_PAGE,
+) = range(10)
 
 
 @dataclass(frozen=True)
@@ -178,17 +191,12 @@ class UserSessions:
                 ):
                     # The entry key's time is the start, the exit key's the end.
                     if ts > end:
-                        session[_END] = ts
-                        session[_EXIT] = (ts, event_id, page)
+                        session[_END], session[_EXIT_ID], session[_EXIT_PAGE] = ts, event_id, page
                     elif ts < start:
                         session[_START] = ts
-                        session[_ENTRY] = (ts, event_id, page)
-                    elif ts in (end, start):  # a tie: the key decides
-                        key = (ts, event_id, page)
-                        if key < session[_ENTRY]:
-                            session[_ENTRY] = key
-                        if key > session[_EXIT]:
-                            session[_EXIT] = key
+                        session[_ENTRY_ID], session[_ENTRY_PAGE] = event_id, page
+                    else:  # a tie with the entry or exit time: (event_id, page) decides
+                        _tie(session, ts, event_id, page)
                     session[_EVENTS] += 1
                     if kind == "page_view":
                         session[_PAGE_VIEWS] += 1
@@ -286,7 +294,6 @@ def _session_start(session: list) -> int:
 
 
 def _new_session(event: Event) -> list:
-    key = (event.ts, event.event_id, event.page)
     purchase = event.type == "purchase"
     return [
         event.ts,
@@ -295,20 +302,47 @@ def _new_session(event: Event) -> list:
         1 if event.type == "page_view" else 0,
         1 if purchase else 0,
         event.cents if purchase else 0,
-        key,
-        key,
+        event.event_id,
+        event.page,
+        event.event_id,
+        event.page,
     ]
 
 
+def _tie(session: list, ts: int, event_id: str, page: str) -> None:
+    """An event at the session's start or end time: the smaller (event_id, page) enters,
+    the larger exits."""
+    if ts == session[_START] and (event_id, page) < (session[_ENTRY_ID], session[_ENTRY_PAGE]):
+        session[_ENTRY_ID], session[_ENTRY_PAGE] = event_id, page
+    if ts == session[_END] and (event_id, page) > (session[_EXIT_ID], session[_EXIT_PAGE]):
+        session[_EXIT_ID], session[_EXIT_PAGE] = event_id, page
+
+
 def _merge(into: list, other: list) -> None:
-    into[_START] = min(into[_START], other[_START])
-    into[_END] = max(into[_END], other[_END])
+    if (other[_START], other[_ENTRY_ID], other[_ENTRY_PAGE]) < (
+        into[_START],
+        into[_ENTRY_ID],
+        into[_ENTRY_PAGE],
+    ):
+        into[_START], into[_ENTRY_ID], into[_ENTRY_PAGE] = (
+            other[_START],
+            other[_ENTRY_ID],
+            other[_ENTRY_PAGE],
+        )
+    if (other[_END], other[_EXIT_ID], other[_EXIT_PAGE]) > (
+        into[_END],
+        into[_EXIT_ID],
+        into[_EXIT_PAGE],
+    ):
+        into[_END], into[_EXIT_ID], into[_EXIT_PAGE] = (
+            other[_END],
+            other[_EXIT_ID],
+            other[_EXIT_PAGE],
+        )
     into[_EVENTS] += other[_EVENTS]
     into[_PAGE_VIEWS] += other[_PAGE_VIEWS]
     into[_S_PURCHASES] += other[_S_PURCHASES]
     into[_S_CENTS] += other[_S_CENTS]
-    into[_ENTRY] = min(into[_ENTRY], other[_ENTRY])
-    into[_EXIT] = max(into[_EXIT], other[_EXIT])
 
 
 def _session_row(user: str, session: list) -> SessionRow:
@@ -320,8 +354,8 @@ def _session_row(user: str, session: list) -> SessionRow:
         page_views=session[_PAGE_VIEWS],
         purchases=session[_S_PURCHASES],
         revenue_cents=session[_S_CENTS],
-        entry_page=session[_ENTRY][2],
-        exit_page=session[_EXIT][2],
+        entry_page=session[_ENTRY_PAGE],
+        exit_page=session[_EXIT_PAGE],
         version=session[_EVENTS],
     )
 

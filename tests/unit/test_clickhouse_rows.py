@@ -472,3 +472,11 @@ def test_a_write_that_failed_for_good_is_raised_once_and_stops_writing() -> None
     part.write_batch([RowBatch(page_stats=[page_row("/2")])])
     part.close()  # no second raise: Bytewax calls close while it shuts down
     assert client.inserted == [] and client.attempts == 1 and client.closed
+
+
+def test_big_batches_are_inserted_in_slices_in_order() -> None:
+    client = FakeClient()
+    writer = ClickHouseWriter(client, Retrier(RetryPolicy(max_attempts=1)), max_insert_rows=3)
+    writer.write(RowBatch(page_stats=[page_row(f"/{i}") for i in range(7)]))
+    slices = [[row[2] for row in rows] for _, rows, *_ in client.inserted]
+    assert slices == [["/0", "/1", "/2"], ["/3", "/4", "/5"], ["/6"]]
