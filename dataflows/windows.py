@@ -27,6 +27,8 @@ from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
 
 _NO_WATERMARK = -(2**62)
 _NEVER = 2**62
+# A user's state: [end of the last closed session or None, scheduled deadline, *sessions].
+_LAST_CLOSED, _DEADLINE, _SESSIONS = range(3)
 
 # Page window accumulator slots.
 _VIEWS, _CLICKS, _CARTS, _PURCHASES, _CENTS, _USERS = range(6)
@@ -161,13 +163,13 @@ class UserSessions:
         self._gap = config.session_gap_ms
         self._lateness = config.lateness_ms
         self._slack = config.session_gap_ms + config.lateness_ms
-        # user -> [open sessions, end of the last closed session or None]
+        # user -> [end of the last closed session or None, the deadline of the user's live
+        # entry in _deadlines or _NEVER, *open sessions]: one list per user
         self._users: dict[str, list] = {}
         self._deadlines: list[tuple[int, str]] = []
-        self._scheduled: dict[str, int] = {}  # user -> its live entry in _deadlines
 
     def __len__(self) -> int:
-        return sum(len(state[0]) for state in self._users.values())
+        return sum(len(state) - _SESSIONS for state in self._users.values())
 
     def add_all(self, events: list[Event], marks: list[int]) -> list[int]:
         """Add each event to its user's sessions unless its session has closed; returns the
@@ -181,13 +183,20 @@ class UserSessions:
         for i, event in enumerate(events):
             event_id, user_id, kind, page, ts, cents, _, _, _ = event
             state = users.get(user_id)
-            if state is not None and len(state[0]) == 1:
-                session = state[0][0]
+            if state is None:  # a new user: a new session, unless it would be closed already
+                if ts + gap + lateness < marks[i]:
+                    late.append(i)
+                else:
+                    users[user_id] = [None, _NEVER, _new_session(event)]
+                    self._schedule(user_id, users[user_id], ts + self._slack)
+                continue
+            if len(state) == _SESSIONS + 1:
+                session = state[_SESSIONS]
                 start, end = session[_START], session[_END]
                 if (
                     start - gap <= ts <= end + gap
                     and end + gap + lateness >= marks[i]
-                    and (state[1] is None or min(ts, start) - gap > state[1])
+                    and (state[_LAST_CLOSED] is None or min(ts, start) - gap > state[_LAST_CLOSED])
                 ):
                     # The entry key's time is the start, the exit key's the end.
                     if ts > end:
@@ -216,10 +225,10 @@ class UserSessions:
         if state is None:
             if ts + gap + self._lateness < watermark:
                 return False
-            self._users[event.user_id] = [[_new_session(event)], None]
-            self._schedule(event.user_id, ts + self._slack)
+            state = self._users[event.user_id] = [None, _NEVER, _new_session(event)]
+            self._schedule(event.user_id, state, ts + self._slack)
             return True
-        sessions, last_closed = state
+        last_closed, sessions = state[_LAST_CLOSED], state[_SESSIONS:]
         touching = [s for s in sessions if s[_START] - gap <= ts <= s[_END] + gap]
         if touching:
             if any(s[_END] + gap + self._lateness < watermark for s in touching):
@@ -237,31 +246,32 @@ class UserSessions:
         kept = [s for s in sessions if not any(s is t for t in touching)]
         kept.append(merged)
         kept.sort(key=_session_start)
-        state[0] = kept
-        self._schedule(event.user_id, min(s[_END] for s in kept) + self._slack)
+        state[_SESSIONS:] = kept
+        self._schedule(event.user_id, state, min(s[_END] for s in kept) + self._slack)
         return True
 
-    def _schedule(self, user: str, deadline: int) -> None:
+    def _schedule(self, user: str, state: list, deadline: int) -> None:
         """Make sure `user` is looked at once the watermark passes `deadline`."""
-        if deadline < self._scheduled.get(user, _NEVER):
-            self._scheduled[user] = deadline
+        if deadline < state[_DEADLINE]:
+            state[_DEADLINE] = deadline
             heapq.heappush(self._deadlines, (deadline, user))
 
     def close(self, watermark: int) -> list[SessionRow]:
         """Emit every session the watermark has passed; forget users with nothing left."""
-        heap, scheduled = self._deadlines, self._scheduled
+        heap, users = self._deadlines, self._users
         rows: list[SessionRow] = []
         while heap and heap[0][0] < watermark:
             deadline, user = heapq.heappop(heap)
-            if scheduled.get(user) != deadline:
+            state = users.get(user)
+            if state is None or state[_DEADLINE] != deadline:
                 continue  # superseded by an earlier entry, already handled
-            del scheduled[user]
-            self._close_user(user, self._users[user], watermark, rows)
+            state[_DEADLINE] = _NEVER
+            self._close_user(user, state, watermark, rows)
         return rows
 
     def _close_user(self, user: str, state: list, watermark: int, rows: list[SessionRow]) -> None:
         slack = self._slack
-        sessions, last_closed = state
+        last_closed, sessions = state[_LAST_CLOSED], state[_SESSIONS:]
         still_open = []
         for session in sessions:
             if session[_END] + slack < watermark:
@@ -270,22 +280,22 @@ class UserSessions:
                     last_closed = session[_END]
             else:
                 still_open.append(session)
-        state[0], state[1] = still_open, last_closed
+        state[_LAST_CLOSED], state[_SESSIONS:] = last_closed, still_open
         if still_open:
-            self._schedule(user, min(s[_END] for s in still_open) + slack)
+            self._schedule(user, state, min(s[_END] for s in still_open) + slack)
         elif last_closed is None or last_closed + self._gap + slack < watermark:
             # No on-time event can reach back to the closed session any more: an event
             # that would is late by the plain "its session would have closed" rule.
             del self._users[user]
         else:
-            self._schedule(user, last_closed + self._gap + slack)
+            self._schedule(user, state, last_closed + self._gap + slack)
 
     def flush(self) -> list[SessionRow]:
         """Emit every open session, keeping them open (bounded mode's end of input)."""
         return [
             _session_row(user, session)
-            for user, (sessions, _) in self._users.items()
-            for session in sessions
+            for user, state in self._users.items()
+            for session in state[_SESSIONS:]
         ]
 
 
