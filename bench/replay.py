@@ -155,7 +155,7 @@ def shift_ts(raw: object, shift_ms: int) -> object:
 def shift_record(record: GeneratedRecord, shift_ms: int) -> GeneratedRecord:
     """The same record `shift_ms` later: its record time and, if it is a valid event, `ts`."""
     value = record.value
-    parsed = parse_record(value, "", record.timestamp_ms)
+    parsed = parse_record(value, "", record.n, record.timestamp_ms)
     if isinstance(parsed, Event):
         event = orjson.loads(value)
         event["ts"] = shift_ts(event["ts"], shift_ms)
