@@ -1,6 +1,6 @@
 """Live latency: how soon after a window may close its row is visible in ClickHouse.
 
-    python -m bench.latency [--seconds 200] [--capacity EVENTS_PER_S] [--load 0.5]
+    python -m bench.latency [--seconds 360] [--capacity EVENTS_PER_S] [--load 0.5]
 
 On a throwaway broker (or KAFKA_BOOTSTRAP_SERVERS) and a fresh 4-partition topic:
 
@@ -270,7 +270,7 @@ def by_window(counted: Sequence[WindowLatency], lateness_ms: int) -> Iterator[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=200.0, help="how long to produce")
+    parser.add_argument("--seconds", type=float, default=360.0, help="how long to produce")
     parser.add_argument("--capacity", type=float, help="events/s; measured if not given")
     parser.add_argument("--capacity-events", type=int, default=200_000)
     parser.add_argument("--load", type=float, default=0.5, help="share of capacity to produce")
