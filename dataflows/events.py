@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta, timezone
+from sys import intern
 from typing import Literal, NamedTuple
 
 import orjson
@@ -212,6 +213,9 @@ def parse_batch(batch: InputBatch) -> tuple[list[Event], list[DeadLetterRow]]:
             else:
                 cents = -1
             if cents >= 0:
+                # One str object per distinct page: windows and sessions keep pages for
+                # long, and a million open sessions would otherwise hold a million copies.
+                page = intern(page)
                 record = (event_id, user_id, kind, page, ts, cents, offset, value, received_at_ms)
                 append(new(Event, record))
                 continue
