@@ -34,6 +34,7 @@ from connectors.metrics import (
     SINK_ERRORS,
     SINK_RETRIES,
     SINK_ROWS,
+    observe_freshness,
 )
 from dataflows.rows import RowBatch
 from waxhouse.errors import SinkError
@@ -144,6 +145,11 @@ DEAD_LETTERS_TABLE = TableSpec(
     columns=("source", "reason", "error", "payload", "received_at"),
     types=("String", "String", "String", "String", _DATETIME),
 )
+# Where a table's rows end (epoch ms): `waxhouse_window_freshness_seconds` measures from it.
+_FRESHNESS_END_COLUMN = {
+    PAGE_STATS_TABLE.name: PAGE_STATS_TABLE.columns.index("window_end"),
+    USER_SESSIONS_TABLE.name: USER_SESSIONS_TABLE.columns.index("session_end"),
+}
 
 
 # --- retries (pure) ---------------------------------------------------------------------
@@ -302,6 +308,9 @@ class ClickHouseWriter:
             )
         SINK_ROWS.labels(table.label).inc(len(rows))
         SINK_BATCHES.labels(table.label).inc()
+        end_column = _FRESHNESS_END_COLUMN.get(table.name)
+        if end_column is not None:
+            observe_freshness(table.label, columns[end_column])
 
 
 def _describe(error: Error) -> str:

@@ -1,13 +1,19 @@
 """Prometheus metrics, one module-level object per measurement.
 
-Labels are fixed and low-cardinality (`topic`, `partition`, `reason`, `table`); never a
-page or a user. Bytewax's API server (`BYTEWAX_DATAFLOW_API_ENABLED`) serves the default
-registry these register in.
+Labels are fixed and low-cardinality (`topic`, `partition`, `reason`, `table`, `output`);
+never a page or a user. Bytewax's API server (`BYTEWAX_DATAFLOW_API_ENABLED`) serves the
+default registry these register in. No metric is updated per valid event: the steps and
+sinks update them once per batch (per dead letter at most).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 RECORDS_CONSUMED = Counter(
     "waxhouse_records_consumed_total",
@@ -28,6 +34,15 @@ DEAD_LETTERS = Counter(
     "Records rejected, by reason.",
     ["reason"],
 )
+LATE_OUTPUTS = ("page_stats", "user_sessions")
+LATE_EVENTS = Counter(
+    "waxhouse_late_events_total",
+    "Valid events that arrived after their page_stats window or their user_sessions session "
+    "was emitted, by the output they missed; one event can count for both.",
+    ["output"],
+)
+for _output in LATE_OUTPUTS:
+    LATE_EVENTS.labels(output=_output)  # both series exist, at 0, from the start
 WINDOW_ROWS = Counter(
     "waxhouse_window_rows_emitted_total",
     "Rows emitted by the windowing step, by table.",
@@ -38,6 +53,48 @@ WATERMARK = Gauge(
     "Event-time watermark of a source partition (epoch seconds).",
     ["partition"],
 )
+
+
+class WatermarkLag:
+    """`waxhouse_watermark_lag_seconds{partition}`: wall-clock now minus a partition's
+    event-time watermark, computed when scraped from the watermark last published.
+
+    Only partitions that have a watermark (that have seen an event) have a series.
+    `clock` (epoch seconds) is injectable for tests.
+    """
+
+    NAME = "waxhouse_watermark_lag_seconds"
+    HELP = (
+        "Wall-clock now minus the event-time watermark of a source partition, at scrape "
+        "time (seconds); only partitions that have seen an event."
+    )
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._watermarks: dict[str, float] = {}
+
+    def publish(self, partition: str, watermark_seconds: float) -> None:
+        """Record `partition`'s current watermark (epoch seconds)."""
+        with self._lock:
+            self._watermarks[partition] = watermark_seconds
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["partition"])]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            watermarks = sorted(self._watermarks.items())
+        now = self._clock()
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["partition"])
+        for partition, watermark in watermarks:
+            family.add_metric([partition], now - watermark)
+        yield family
+
+
+WATERMARK_LAG = WatermarkLag()
+REGISTRY.register(WATERMARK_LAG)
+
 SINK_ROWS = Counter(
     "waxhouse_sink_rows_total",
     "Rows written to ClickHouse, by table.",
@@ -63,6 +120,47 @@ SINK_BATCH_SECONDS = Histogram(
     "Time to write one insert batch to ClickHouse, retries included.",
     ["table"],
 )
+# Live rows arrive about lateness + 1 s after a window ends (sessions: gap + lateness
+# + 1 s after their last event); a backfill writes rows hours or days old.
+FRESHNESS_BUCKETS = (
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1200.0,
+    1800.0,
+    2400.0,
+    3600.0,
+    7200.0,
+    21600.0,
+    86400.0,
+)
+WINDOW_FRESHNESS = Histogram(
+    "waxhouse_window_freshness_seconds",
+    "Wall-clock time from a window's end (page_stats: window_end; user_sessions: "
+    "session_end) to its row being written to ClickHouse, after the insert succeeded; "
+    "one observation per distinct end per insert, not per row; clamped at 0.",
+    ["table"],
+    buckets=FRESHNESS_BUCKETS,
+)
+for _table in ("page_stats", "user_sessions"):
+    WINDOW_FRESHNESS.labels(table=_table)
+
+
+def observe_freshness(table: str, ends_ms: Iterable[int], now: float | None = None) -> None:
+    """Observe `now - end` once for each distinct end time (epoch ms) among `ends_ms`."""
+    now = time.time() if now is None else now
+    histogram = WINDOW_FRESHNESS.labels(table=table)
+    for end_ms in set(ends_ms):
+        histogram.observe(max(0.0, now - end_ms / 1000))
+
+
 DLQ_RECORDS = Counter(
     "waxhouse_dlq_records_total",
     "Dead letters produced to the DLQ topic.",

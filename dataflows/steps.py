@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.metrics import DEAD_LETTERS, EVENTS_PARSED, WATERMARK, WINDOW_ROWS
+from connectors.metrics import (
+    DEAD_LETTERS,
+    EVENTS_PARSED,
+    LATE_EVENTS,
+    LATE_OUTPUTS,
+    WATERMARK,
+    WATERMARK_LAG,
+    WINDOW_ROWS,
+)
 from dataflows.events import Event, parse_batch
 from dataflows.records import IdleTick, SourceItem
 from dataflows.rows import DeadLetterRow, RowBatch
@@ -77,9 +85,23 @@ class PartitionWindowLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
     def _emit(self, out: RowBatch) -> list[RowBatch]:
         if self._state is not None:
             WATERMARK.labels(partition=self._state.part).set(max(self._state.watermark, 0) / 1000)
-        late = sum(1 for row in out.dead_letters if row.reason == "late")
-        if late:
-            DEAD_LETTERS.labels(reason="late").inc(late)
+            if self._state.watermark >= 0:  # the partition has seen an event
+                WATERMARK_LAG.publish(self._state.part, self._state.watermark / 1000)
+        if out.dead_letters:
+            _count_late(out.dead_letters)
         WINDOW_ROWS.labels(table="page_stats").inc(len(out.page_stats))
         WINDOW_ROWS.labels(table="user_sessions").inc(len(out.sessions))
         return [out] if out else []
+
+
+def _count_late(dead_letters: list[DeadLetterRow]) -> None:
+    """Late dead letters, and per output the late events that missed it (one batch's
+    worth; their `error` names the outputs: `missed page_stats, user_sessions`)."""
+    late = [row.error for row in dead_letters if row.reason == "late"]
+    if not late:
+        return
+    DEAD_LETTERS.labels(reason="late").inc(len(late))
+    for output in LATE_OUTPUTS:
+        missed = sum(1 for error in late if output in error)
+        if missed:
+            LATE_EVENTS.labels(output=output).inc(missed)
