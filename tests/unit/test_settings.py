@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from dataflows.settings import Settings, load_settings, mask_url
+from tests.support.flow import flow_command, flow_env
 from waxhouse.errors import SettingsError
 
 
@@ -154,3 +160,52 @@ def test_passwords_never_reach_the_logs_even_when_the_server_is_unreachable() ->
     output = done.stdout + done.stderr
     assert "clickstream starting" in output and "analytics:***@127.0.0.1:9" in output
     assert "ch-s3cret-pw" not in output and "kafka-s3cret-pw" not in output
+
+
+def test_passwords_never_reach_the_logs_or_the_metrics_endpoint(tmp_path: Path) -> None:
+    """A flow whose ClickHouse is unreachable keeps retrying; meanwhile its /metrics
+    endpoint (Bytewax's API server) and its log show neither password."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = flow_env(
+        {
+            "CLICKHOUSE_URL": "http://analytics:ch-s3cret-pw@127.0.0.1:9/db",
+            "CLICKHOUSE_RETRY_SECONDS": "60",
+            "KAFKA_SASL_PASSWORD": "kafka-s3cret-pw",
+            "GENERATOR_EVENTS": "1000",
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "BYTEWAX_DATAFLOW_API_PORT": str(port),
+            "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),  # writes dataflow.json there
+        }
+    )
+    log = tmp_path / "flow.log"
+    with log.open("ab") as out:
+        flow = subprocess.Popen(
+            flow_command(),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        exposition = ""
+        # Scrape once a retry was logged: the failing connection has been described.
+        while "retrying in" not in log.read_text() or not exposition:
+            assert flow.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no retry and no /metrics within 60 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    exposition = r.read().decode()
+            except (urllib.error.URLError, ConnectionError):
+                exposition = ""  # the API server is not up yet
+            time.sleep(0.2)
+    finally:
+        flow.kill()
+        flow.wait(timeout=30)
+    output = log.read_text()
+    assert "waxhouse_late_events_total" in exposition  # the flow's own metrics
+    assert "analytics:***@127.0.0.1:9" in output
+    for secret in ("ch-s3cret-pw", "kafka-s3cret-pw"):
+        assert secret not in output and secret not in exposition
