@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import pickle
 import random
 import time
@@ -30,6 +31,8 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.records import InputBatch, SourceItem
+
+logger = logging.getLogger(__name__)
 
 GENERATOR_PART = "generator"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -402,4 +405,11 @@ class GeneratorSource(FixedPartitionedSource[tuple[str, SourceItem], bytes]):
             generator = ClickstreamGenerator(self._config)
         else:
             generator = pickle.loads(resume_state)
+        logger.info(
+            "partition %s starts at record %d (%s)%s",
+            for_part,
+            generator.n,
+            "resumed" if resume_state is not None else "fresh start",
+            f", stops at {generator.config.events}" if generator.config.events else "",
+        )
         return _GeneratorPartition(generator, self._rate, self._batch_size)

@@ -47,6 +47,16 @@ class RunReport:
             table: client.command(f"SELECT count() FROM {table}")  # noqa: S608 - fixed names
             for table in ("page_stats", "user_sessions", "dead_letters")
         }
+        logger.info(
+            "clickstream stopped: %d records in %.1f s%s, %d valid events, dead letters %s, "
+            "rows in ClickHouse %s",
+            records,
+            elapsed,
+            self._scope,
+            events,
+            rejected,
+            counts,
+        )
         lines = [
             "",
             f"waxhouse: {records:,} records in {elapsed:.1f} s "
