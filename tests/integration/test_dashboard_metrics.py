@@ -1,0 +1,292 @@
+"""The Grafana dashboard queries what the flow serves, and its ClickHouse SQL answers right.
+
+Every metric a Prometheus panel queries must be a family on a running flow's `/metrics`
+(Bytewax's API server). The flow reads a real Kafka topic, so the source's metrics
+(records consumed, consumer lag) are served too, and its input has a bad record of each
+kind and a late event, so every panel but the failure counters has samples. The business
+panel's SQL then runs against the store that flow wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.generator import GeneratedRecord
+from tests.support.clickhouse import query_rows
+from tests.support.flow import start_flow
+from tests.support.kafka_broker import TopicFactory
+from tests.support.produce import produce_records
+from waxhouse.monitoring import REPO, exposition_types, promql_metric_names, served_family
+
+pytestmark = pytest.mark.integration
+
+GRAFANA = REPO / "docker" / "grafana"
+DASHBOARD_PATH = GRAFANA / "dashboards" / "waxhouse.json"
+DATASOURCES_PATH = GRAFANA / "provisioning" / "datasources" / "datasources.yaml"
+PROMETHEUS = "prometheus"
+CLICKHOUSE = "grafana-clickhouse-datasource"
+
+# What the issue asks the dashboard to show, by the flow's metric families.
+DASHBOARD_METRICS = {
+    "waxhouse_records_consumed_total",  # throughput
+    "waxhouse_events_parsed_total",
+    "waxhouse_sink_rows_total",
+    "waxhouse_consumer_lag_records",  # lag
+    "waxhouse_window_freshness_seconds",  # freshness (histogram)
+    "waxhouse_watermark_lag_seconds",
+    "waxhouse_dead_letters_total",  # dead letters
+    "waxhouse_late_events_total",
+    "waxhouse_sink_batch_seconds",  # sink latency (histogram)
+    "waxhouse_sink_errors_total",
+    "waxhouse_sink_retries_total",
+}
+HISTOGRAMS = {"waxhouse_window_freshness_seconds", "waxhouse_sink_batch_seconds"}
+# Counters whose series appear only once something fails: the family must be served.
+FAILURE_ONLY = {"waxhouse_sink_errors_total", "waxhouse_sink_retries_total"}
+
+# The flow: 1 s windows closed by the idle clock soon after the input is read.
+WINDOW_MS = 1_000
+DEADLINE_S = 120.0
+# Views per page; /p0 also has two purchases. Eleven pages, so LIMIT 10 drops /p10.
+VIEWS = {f"/p{i}": 14 - i for i in range(11)}
+PURCHASES = {"/p0": (1999, 2500)}  # cents
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    datasource: str  # the plugin type
+    queries: tuple[str, ...]  # PromQL expressions, or SQL
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD_PATH.read_text(encoding="utf-8"))
+
+
+def panels(board: dict[str, Any]) -> list[Panel]:
+    """Every panel with queries, rows' nested panels included."""
+    found = []
+    stack = list(board["panels"])
+    while stack:
+        panel = stack.pop(0)
+        stack.extend(panel.get("panels", []))
+        targets = panel.get("targets", [])
+        if not targets:
+            continue
+        kind = panel["datasource"]["type"]
+        for target in targets:
+            assert target.get("datasource", panel["datasource"])["type"] == kind, panel["title"]
+        key = "expr" if kind == PROMETHEUS else "rawSql"
+        found.append(Panel(panel["title"], kind, tuple(t[key] for t in targets)))
+    return found
+
+
+def queried_metrics(board: dict[str, Any]) -> dict[str, set[str]]:
+    """`{metric name as queried: titles of the panels that query it}`."""
+    queried: dict[str, set[str]] = {}
+    for panel in panels(board):
+        if panel.datasource == PROMETHEUS:
+            for expr in panel.queries:
+                for name in promql_metric_names(expr):
+                    queried.setdefault(name, set()).add(panel.title)
+    return queried
+
+
+def top_pages_sql(board: dict[str, Any]) -> str:
+    (business,) = [p for p in panels(board) if p.datasource == CLICKHOUSE]
+    (sql,) = business.queries
+    return sql
+
+
+def test_dashboard_shows_what_the_issue_asks_for() -> None:
+    board = dashboard()
+    assert board["uid"] == "waxhouse"
+    titles = {panel.title for panel in panels(board)}
+    assert {
+        "Throughput",
+        "Consumer lag",
+        "Result freshness",
+        "Watermark lag",
+        "Dead letters by reason",
+        "Sink insert latency",
+        "Sink errors and retries",
+        "Top pages in the last hour",
+    } <= titles
+    types = {name: "histogram" if name in HISTOGRAMS else "other" for name in DASHBOARD_METRICS}
+    families = {served_family(name, types) for name in queried_metrics(board)}
+    assert families == DASHBOARD_METRICS
+    assert "FROM page_stats" in top_pages_sql(board)
+
+
+def test_datasources_are_provisioned_with_the_uids_panels_use_and_no_secret() -> None:
+    text = DATASOURCES_PATH.read_text(encoding="utf-8")
+    uids = dict(re.findall(r"^\s+uid: (\S+)\n\s+type: (\S+)$", text, re.MULTILINE))
+    assert uids == {"prometheus": PROMETHEUS, "clickhouse": CLICKHOUSE}
+    assert "url: http://prometheus:9090" in text
+    assert re.search(r"^\s+host: clickhouse$", text, re.MULTILINE)
+    # Credentials are Grafana environment variables, never literals.
+    for key in ("username", "password", "defaultDatabase"):
+        (value,) = re.findall(rf"^\s+{key}: (.*)$", text, re.MULTILINE)
+        assert re.fullmatch(r"\$\{[A-Z_]+\}", value), f"{key}: {value}"
+
+    def uses(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            own = [node["uid"]] if "type" in node and "uid" in node and len(node) == 2 else []
+            return own + [uid for value in node.values() for uid in uses(value)]
+        if isinstance(node, list):
+            return [uid for value in node for uid in uses(value)]
+        return []
+
+    assert set(uses(dashboard()["panels"])) == set(uids)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def event(n: int, page: str, ts: int, kind: str, value: float | None = None) -> dict[str, Any]:
+    made: dict[str, Any] = {"event_id": f"e{n}", "user_id": f"u{n % 7}", "type": kind}
+    made.update(page=page, ts=ts)
+    if value is not None:
+        made["value"] = value
+    return made
+
+
+def records(now_ms: int) -> tuple[list[GeneratedRecord], list[dict[str, Any]]]:
+    """The input, in order, and the valid on-time events among it.
+
+    The valid events span 3 s of the recent past in time order, so none is late; then
+    come a record that is not JSON, one that breaks a field rule, and an event two hours
+    older than everything in its partition (user u0's): late for both outputs.
+    """
+    kinds = [(page, "page_view", None) for page, views in VIEWS.items() for _ in range(views)]
+    kinds += [(page, "purchase", c / 100) for page, cents in PURCHASES.items() for c in cents]
+    step = 3_000 // len(kinds)
+    on_time = [
+        event(n, page, now_ms - 3_000 + n * step, kind, value)
+        for n, (page, kind, value) in enumerate(kinds)
+    ]
+    late = event(len(on_time), "/late", now_ms - 7_200_000, "click") | {"user_id": "u0"}
+    bad_values = [b"{not json", orjson.dumps({"event_id": "bad", "user_id": "u1"})]
+    keyed = [(e["user_id"].encode(), orjson.dumps(e)) for e in on_time]
+    keyed += [(b"u1", value) for value in bad_values] + [(b"u0", orjson.dumps(late))]
+    produced = [GeneratedRecord(n, key, value, now_ms) for n, (key, value) in enumerate(keyed)]
+    return produced, on_time
+
+
+def scrape(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None  # the API server is not up yet
+
+
+def sample_total(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        head, _, rest = series.partition("{")
+        if head == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def unserved(text: str, queried: set[str]) -> tuple[set[str], set[str]]:
+    """Of the queried names: those no family serves, and those whose family has no sample."""
+    types = exposition_types(text)
+    sampled = {line.partition("{")[0].partition(" ")[0] for line in text.splitlines()}
+    no_family, no_samples = set(), set()
+    for name in queried:
+        family = served_family(name, types)
+        if family is None:
+            no_family.add(name)
+        elif family not in FAILURE_ONLY and name not in sampled:
+            no_samples.add(name)
+    return no_family, no_samples
+
+
+def test_every_panel_metric_is_served_by_a_running_flow_and_the_sql_answers(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    board = dashboard()
+    queried = queried_metrics(board)
+    topic = topic_factory(2, prefix="dash")
+    input_records, on_time = records(int(time.time() * 1000))
+    positions = produce_records(kafka_bootstrap, topic, input_records)
+    # page_stats rows are stored per (page, window, source partition)
+    page_rows = {
+        (e["page"], e["ts"] // WINDOW_MS, positions[n].rsplit("/", 1)[0])
+        for n, e in enumerate(on_time)
+    }
+
+    port = free_port()
+    url = f"chdb://{tmp_path / 'store'}"
+    log = tmp_path / "flow.log"
+    flow = start_flow(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_TOPIC": topic,
+            "KAFKA_DLQ_TOPIC": topic_factory(1, prefix="dash-dlq"),
+            "CLICKHOUSE_URL": url,
+            "WINDOW_SECONDS": str(WINDOW_MS // 1000),
+            "ALLOWED_LATENESS_SECONDS": "1",
+            "SESSION_GAP_SECONDS": "1",
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "BYTEWAX_DATAFLOW_API_PORT": str(port),
+            "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),  # its dataflow.json, not in the repo
+        },
+        log,
+    )
+    status = "no answer from /metrics"
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            assert flow.poll() is None, log.read_text()[-4000:]
+            text = scrape(port)
+            if text is not None:
+                no_family, no_samples = unserved(text, set(queried))
+                written = sample_total(text, "waxhouse_sink_rows_total", table="page_stats")
+                if not no_family and not no_samples and written >= len(page_rows):
+                    break
+                status = (
+                    f"queried but not served: {sorted(no_family)}; served without samples: "
+                    f"{sorted(no_samples)}; page_stats rows written: {written:.0f} of "
+                    f"{len(page_rows)}"
+                )
+            assert time.monotonic() < deadline, f"{status}\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+    finally:
+        flow.kill()
+        flow.wait(timeout=30)
+
+    # The sink counts rows once they are stored: the store has every page_stats row.
+    views = Counter(e["page"] for e in on_time if e["type"] == "page_view")
+    purchases = Counter(e["page"] for e in on_time if e["type"] == "purchase")
+    revenue = {page: Decimal(sum(cents)) / 100 for page, cents in PURCHASES.items()}
+    expected = sorted(
+        (
+            (page, views[page], purchases[page], revenue.get(page, Decimal("0.00")))
+            for page in views.keys() | purchases.keys()
+        ),
+        key=lambda row: (-row[1], row[0]),
+    )[:10]
+    assert query_rows(url, top_pages_sql(board)) == expected
