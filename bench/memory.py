@@ -188,7 +188,6 @@ def state_bytes(shape: Shape) -> int:
         first = offsets[part]
         batch = InputBatch(
             part,
-            f"{part}/",
             list(range(first, first + len(pending))),
             [value for value, _ in pending],
             [ts for _, ts in pending],

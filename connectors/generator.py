@@ -370,7 +370,6 @@ class _GeneratorPartition(StatefulSourcePartition[tuple[str, SourceItem], bytes]
         records = self._gen.take(count)
         batch = InputBatch(
             GENERATOR_PART,
-            f"{GENERATOR_PART}/",
             [r.n for r in records],
             [r.value for r in records],
             [r.timestamp_ms for r in records],

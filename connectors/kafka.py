@@ -96,7 +96,6 @@ class _KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
         self._consumer = consumer
         self._tp = tp
         self._part = part
-        self._prefix = f"{part}/"
         self._next_offset = next_offset
         self._stop_at = stop_at
         self._last_data = time.monotonic()
@@ -129,7 +128,6 @@ class _KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
             return []
         batch = InputBatch(
             self._part,
-            self._prefix,
             [r.offset for r in records],
             [r.value for r in records],
             [r.timestamp for r in records],

@@ -219,7 +219,6 @@ class _ConfluentPartition(StatefulSourcePartition[KeyedItem, int]):
         self._consumer = consumer
         self._tp = tp
         self._part = part
-        self._prefix = f"{part}/"
         self._next_offset = next_offset
         self._stop_at = stop_at
         self._errors = errors
@@ -265,7 +264,6 @@ class _ConfluentPartition(StatefulSourcePartition[KeyedItem, int]):
                 return []
         batch = InputBatch(
             self._part,
-            self._prefix,
             [m.offset() for m in messages],
             [m.value() for m in messages],
             [m.timestamp()[1] for m in messages],

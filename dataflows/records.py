@@ -19,10 +19,14 @@ class InputBatch:
     """
 
     part: str
-    source_prefix: str
     offsets: list[int]
     values: list[bytes | None]
     timestamps_ms: list[int]
+
+    @property
+    def source_prefix(self) -> str:
+        """What `record_source` puts before an offset, e.g. `events/0/`."""
+        return f"{self.part}/"
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -174,7 +174,7 @@ def test_parser_and_oracle_agree_on_every_record(records: list[GeneratedRecord])
 
     Parsed as the flow does, one batch through `parse_batch`'s hot loop."""
     offsets = list(range(len(records)))
-    batch = InputBatch("s", "s/", offsets, [r.value for r in records], [0] * len(records))
+    batch = InputBatch("s", offsets, [r.value for r in records], [0] * len(records))
     events, dead = parse_batch(batch)  # never raises
     by_offset: dict[int, Event | DeadLetterRow] = {e.offset: e for e in events}
     by_offset.update({int(d.source.removeprefix("s/")): d for d in dead})

@@ -45,7 +45,7 @@ ARABIC_INDIC = {str(d): chr(0x0660 + d) for d in range(10)}
 
 def parse(value: bytes | None) -> Event | DeadLetterRow:
     """Through the batch parser's hot loop, which must agree with the record parser."""
-    events, dead = parse_batch(InputBatch("events/0", "events/0/", [7], [value], [1234]))
+    events, dead = parse_batch(InputBatch("events/0", [7], [value], [1234]))
     [parsed] = [*events, *dead]
     assert parsed == parse_record(value, "events/0", 7, 1234)
     return parsed
@@ -190,7 +190,7 @@ def test_unknown_fields_are_ignored_and_unicode_kept() -> None:
 
 def test_parse_batch_keeps_partition_order_and_names_sources() -> None:
     values = [record(event_id="a"), b"nope", record(event_id="b", ts="2026-01-01T00:00:00Z")]
-    batch = InputBatch("events/3", "events/3/", [10, 11, 12], values, [1, 2, 3])
+    batch = InputBatch("events/3", [10, 11, 12], values, [1, 2, 3])
     events, dead = parse_batch(batch)
     assert [e.event_id for e in events] == ["a", "b"]
     assert [(e.offset, e.received_at_ms) for e in events] == [(10, 1), (12, 3)]

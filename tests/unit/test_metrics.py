@@ -28,7 +28,6 @@ def sample(name: str, **labels: str) -> float:
 def batch(part: str, events: list[dict[str, Any]], first_offset: int = 0) -> InputBatch:
     return InputBatch(
         part,
-        f"{part}/",
         list(range(first_offset, first_offset + len(events))),
         [orjson.dumps(e) for e in events],
         [0] * len(events),
