@@ -45,27 +45,45 @@ _IDLE_TICK_EVERY_S = 0.2
 _DLQ_MAX_PENDING = 10_000  # letters sent but not yet known to be acknowledged
 
 
-def _while_unreachable(what: str, action: Callable[[], T]) -> T:
+def retry_while_unreachable(
+    what: str,
+    action: Callable[[], T],
+    unreachable: Callable[[Exception], str | None],
+    timeout_s: float,
+) -> T:
     """`action()`, retried with backoff for as long as no Kafka broker answers.
 
-    A broker restart or a network blip must not crash the flow at start-up or when a sink
-    partition is built mid-run; after `_UNREACHABLE_TIMEOUT_S` it gives up loudly.
+    `unreachable(e)` names the error if `e` means no broker answered, else None (then `e`
+    propagates at once). A broker restart or a network blip must not crash the flow at
+    start-up or when a sink partition is built mid-run; after `timeout_s` it gives up
+    loudly. Both Kafka clients' sources use it, each with its own `unreachable`.
     """
-    deadline = time.monotonic() + _UNREACHABLE_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     delay = 0.5
     while True:
         try:
             return action()
-        except (KafkaConnectionError, KafkaTimeoutError, BrokerNotAvailableError) as e:
+        except Exception as e:
+            why = unreachable(e)
+            if why is None:
+                raise
             if time.monotonic() + delay > deadline:
                 raise SourceError(
-                    f"{what}: no Kafka broker answered for {_UNREACHABLE_TIMEOUT_S:.0f} s ({e!r})"
+                    f"{what}: no Kafka broker answered for {timeout_s:.0f} s ({why})"
                 ) from e
-            logger.warning(
-                "%s: Kafka unreachable (%s); retrying in %.1f s", what, type(e).__name__, delay
-            )
+            logger.warning("%s: Kafka unreachable (%s); retrying in %.1f s", what, why, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def _unreachable(e: Exception) -> str | None:
+    if isinstance(e, (KafkaConnectionError, KafkaTimeoutError, BrokerNotAvailableError)):
+        return type(e).__name__
+    return None
+
+
+def _while_unreachable(what: str, action: Callable[[], T]) -> T:
+    return retry_while_unreachable(what, action, _unreachable, _UNREACHABLE_TIMEOUT_S)
 
 
 def _consumer(bootstrap: str, options: Mapping[str, object]) -> KafkaConsumer:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from connectors.kafka import retry_while_unreachable
 from connectors.metrics import CONSUMER_LAG, RECORDS_CONSUMED
 from dataflows.records import IdleTick, InputBatch, SourceItem
 from dataflows.settings import StartingOffset
@@ -132,31 +133,16 @@ def _describe(e: KafkaException) -> str:
     return f"{error.name()}: {error.str()}" if error is not None else repr(e)
 
 
-def _while_unreachable(what: str, action: Callable[[], T]) -> T:
-    """`action()`, retried with backoff for as long as no Kafka broker answers.
+def _unreachable(e: Exception) -> str | None:
+    """The error's name if `e` means no broker answered (librdkafka will retry), else None."""
+    error = _error_of(e) if isinstance(e, KafkaException) else None
+    if error is None or not (error.retriable() or error.code() in _UNREACHABLE):
+        return None
+    return str(error.name())
 
-    A broker restart or a network blip must not crash the flow at start-up; after
-    `_UNREACHABLE_TIMEOUT_S` it gives up loudly. Other errors propagate at once.
-    """
-    deadline = time.monotonic() + _UNREACHABLE_TIMEOUT_S
-    delay = 0.5
-    while True:
-        try:
-            return action()
-        except KafkaException as e:
-            error = _error_of(e)
-            if error is None or not (error.retriable() or error.code() in _UNREACHABLE):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise SourceError(
-                    f"{what}: no Kafka broker answered for {_UNREACHABLE_TIMEOUT_S:.0f} s "
-                    f"({error.name()})"
-                ) from e
-            logger.warning(
-                "%s: Kafka unreachable (%s); retrying in %.1f s", what, error.name(), delay
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+
+def _while_unreachable(what: str, action: Callable[[], T]) -> T:
+    return retry_while_unreachable(what, action, _unreachable, _UNREACHABLE_TIMEOUT_S)
 
 
 def _watermarks(consumer: Any, tp: Any) -> tuple[int, int]:
