@@ -9,7 +9,8 @@ and results land in the chDB store at ./data/clickhouse. See README.md for the r
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -28,10 +29,18 @@ from waxhouse.recovery import prepare_recovery
 from waxhouse.report import RunReport
 from waxhouse.runtime import tune_garbage_collector
 
-if TYPE_CHECKING:
-    from connectors.kafka_confluent import ConfluentKafkaSource
-
 logger = logging.getLogger(__name__)
+
+
+def _kafka_source_class(
+    settings: Settings,
+) -> Callable[..., FixedPartitionedSource[tuple[str, SourceItem], Any]]:
+    """`KafkaSource`, or the confluent-kafka one (an optional dependency: imported if chosen)."""
+    if settings.kafka_client == "confluent":
+        from connectors.kafka_confluent import ConfluentKafkaSource
+
+        return ConfluentKafkaSource
+    return KafkaSource
 
 
 def build_flow(settings: Settings) -> Dataflow:
@@ -41,12 +50,7 @@ def build_flow(settings: Settings) -> Dataflow:
         generator = GeneratorConfig(seed=settings.generator_seed, events=settings.generator_events)
         source = GeneratorSource(generator, rate=settings.generator_rate)
     else:
-        kafka_source: type[KafkaSource | ConfluentKafkaSource] = KafkaSource
-        if settings.kafka_client == "confluent":  # an optional dependency: imported if chosen
-            from connectors.kafka_confluent import ConfluentKafkaSource
-
-            kafka_source = ConfluentKafkaSource
-        source = kafka_source(
+        source = _kafka_source_class(settings)(
             settings.kafka_bootstrap_servers or "",
             settings.kafka_topic,
             starting_offset=settings.kafka_starting_offset,
