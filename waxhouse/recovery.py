@@ -1,17 +1,29 @@
-"""Bytewax recovery, ready before the first run: initialise an empty recovery directory.
+"""Bytewax recovery, ready before the first run: each process initialises its own partition.
 
 `python -m bytewax.run FLOW -r DIR -s SECONDS -b SECONDS` (or the `BYTEWAX_RECOVERY_*`
-variables) turns recovery on; Bytewax then needs `DIR` to hold initialised partitions.
-Called from a flow module while `bytewax.run` imports it (before the dataflow starts),
-`prepare_recovery()` creates and initialises `DIR` when it holds none, so the first run
-needs no separate `python -m bytewax.recovery` step. A directory that already holds
-partitions is left alone: that is the state a restart resumes from.
+variables) turns recovery on; Bytewax then needs the cluster's recovery partitions (SQLite
+files `part-<i>.sqlite3`) to exist, each reachable by some process. Called from a flow
+module while `bytewax.run` imports it (before the dataflow starts), `prepare_recovery()`
+creates this process's partition when missing: index = process id, count = number of
+processes (`-i`/`-a`, or the `BYTEWAX_POD_NAME`/`BYTEWAX_STATEFULSET_NAME` and
+`BYTEWAX_ADDRESSES` variables), `part-0` of 1 for a single process. So processes sharing one
+directory fill it together, and processes with a volume each (a Kubernetes StatefulSet)
+each hold their own partition, with no separate `python -m bytewax.recovery` step.
+
+Partitions already there are the state a restart resumes from and are never touched. A
+directory holding partitions of another count (the cluster was resized) gets nothing new:
+Bytewax resumes from those partitions when every one of them is reachable, and refuses to
+start, naming the missing or inconsistent partitions, when they are not.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bytewax.recovery import init_db_dir
@@ -23,23 +35,69 @@ logger = logging.getLogger(__name__)
 PARTITION_GLOB = "part-*.sqlite3"
 
 
-def init_recovery_dir(directory: Path, partitions: int = 1) -> bool:
-    """Create and initialise `directory` unless it already holds partitions.
+@dataclass(frozen=True)
+class RecoveryPartition:
+    """Which recovery partition a process owns: `index` of `count`."""
 
-    Safe when several processes of one cluster start at once on a shared directory: the
-    first initialises it under a lock, the others find it done. Returns whether it did.
+    index: int = 0
+    count: int = 1
+
+    @property
+    def file_name(self) -> str:
+        return f"part-{self.index}.sqlite3"
+
+
+def own_partition(args: dict[str, object]) -> RecoveryPartition:
+    """The partition of the process `bytewax.run` was started as (parsed `args`)."""
+    process_id = args.get("process_id")
+    if process_id is None:
+        return RecoveryPartition()
+    addresses = str(args.get("addresses") or "").split(";")
+    return RecoveryPartition(index=int(str(process_id)), count=len(addresses))
+
+
+def partition_counts(directory: Path) -> set[int]:
+    """The partition counts recorded in `directory`'s partitions (empty: none there)."""
+    counts: set[int] = set()
+    for path in directory.glob(PARTITION_GLOB):
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            counts.update(count for (count,) in db.execute("SELECT part_count FROM parts"))
+    return counts
+
+
+def init_recovery_dir(directory: Path, partition: RecoveryPartition | None = None) -> bool:
+    """Create `directory` and `partition` in it unless it is there, or the directory holds
+    partitions of another count. Returns whether it created the partition.
+
+    Safe when several processes of one cluster start at once on a shared directory: each
+    creates its own partition under a lock.
     """
+    partition = partition or RecoveryPartition()
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / ".init.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if any(directory.glob(PARTITION_GLOB)):
+        if (directory / partition.file_name).exists():
             return False
-        init_db_dir(directory, partitions)
+        counts = partition_counts(directory)
+        if counts and counts != {partition.count}:
+            logger.warning(
+                "recovery: %s holds partitions of a %s-partition set, not %d: resuming from "
+                "them (Bytewax needs every one of them reachable by some process)",
+                directory,
+                "/".join(str(c) for c in sorted(counts)),
+                partition.count,
+            )
+            return False
+        # Bytewax initialises a whole set; keep only our own. Same file system: the rename
+        # is atomic, so a crash leaves no half-made partition behind.
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".init-") as scratch:
+            init_db_dir(Path(scratch), partition.count)
+            shutil.move(Path(scratch) / partition.file_name, directory / partition.file_name)
         return True
 
 
 def prepare_recovery() -> None:
-    """Under `python -m bytewax.run`, make its recovery directory ready, or say it is off."""
+    """Under `python -m bytewax.run`, make its recovery partition ready, or say it is off."""
     args = bytewax_run_args()
     if args is None:
         return
@@ -51,8 +109,14 @@ def prepare_recovery() -> None:
             "KAFKA_STARTING_OFFSET",
         )
         return
-    if init_recovery_dir(Path(str(directory))):
-        logger.info("recovery: initialised %s (no earlier state: a fresh start)", directory)
+    partition = own_partition(args)
+    if init_recovery_dir(Path(str(directory)), partition):
+        logger.info(
+            "recovery: created partition %d of %d in %s (no earlier state: a fresh start)",
+            partition.index,
+            partition.count,
+            directory,
+        )
     else:
         logger.info(
             "recovery: resuming from %s (snapshot every %s, backups kept %s)",

@@ -7,7 +7,8 @@ through the flow, bounded, as Bytewax runs it:
   three Kafka partitions split 2 + 1 between them, and only one of them opens the chDB
   store (the ClickHouse sink has a single partition; a second process opening the store
   would fail with chDB error 36). Once more with recovery on, both processes sharing one
-  recovery directory, and again from that directory: the resumed cluster adds nothing;
+  recovery directory or each with its own (a StatefulSet's volume per pod), and again from
+  there: the resumed cluster adds nothing, and one process alone refuses to resume;
 - one process with two workers (`-w 2`): uneven partition counts per worker, the setting
   of upstream bytewax PR #556 (a worker's partitions held back behind another's epochs).
   Every run is bounded and has a deadline, so a stall fails the test;
@@ -24,7 +25,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +111,16 @@ def tails(outputs: list[str]) -> str:
     return "\n".join(f"--- process {i}:\n{out[-3000:]}" for i, out in enumerate(outputs))
 
 
-def run_cluster(overrides: dict[str, str], log_dir: Path, args: Sequence[str] = ()) -> list[str]:
+def run_cluster(
+    overrides: dict[str, str],
+    log_dir: Path,
+    args: Sequence[str] = (),
+    process_args: Callable[[int], Sequence[str]] = lambda i: (),
+) -> list[str]:
     """Run the flow as a cluster of `PROCESSES` processes on localhost; their outputs.
 
-    Fails unless every process exits 0 before the deadline.
+    Every process gets `args`, and process i also `process_args(i)`. Fails unless every
+    process exits 0 before the deadline.
     """
     addresses = ";".join(f"{LOOPBACK}:{port}" for port in free_ports(PROCESSES))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +128,7 @@ def run_cluster(overrides: dict[str, str], log_dir: Path, args: Sequence[str] = 
     for log in logs:
         log.unlink(missing_ok=True)
     processes = [
-        start_flow(overrides, log, ["-i", str(i), "-a", addresses, *args])
+        start_flow(overrides, log, ["-i", str(i), "-a", addresses, *args, *process_args(i)])
         for i, log in enumerate(logs)
     ]
     deadline = time.monotonic() + DEADLINE_S
@@ -192,7 +199,9 @@ def test_two_process_cluster_equals_the_oracle(
     assert_tables_match(tables, expected, records, topic.positions)
 
 
-def test_two_process_cluster_with_recovery_shares_one_directory_and_resumes(
+@pytest.mark.parametrize("layout", ["one shared directory", "a directory per process"])
+def test_two_process_cluster_with_recovery_resumes(
+    layout: str,
     kafka_bootstrap: str,
     topic: Topic,
     records: list[GeneratedRecord],
@@ -200,26 +209,45 @@ def test_two_process_cluster_with_recovery_shares_one_directory_and_resumes(
     tmp_path: Path,
 ) -> None:
     url = f"chdb://{tmp_path / 'store'}"
-    recovery = tmp_path / "recovery"
+    shared = layout == "one shared directory"
+    # A shared directory is processes on one machine; a directory each is a StatefulSet
+    # with a recovery volume per pod.
+    dirs = [tmp_path / ("recovery" if shared else f"recovery-{i}") for i in range(PROCESSES)]
     settings = kafka_settings(kafka_bootstrap, topic, url)
 
-    first = run_cluster(settings, tmp_path / "first", recovery_args(recovery))
-    # Both processes prepared the one directory at the same time: one initialised it under
-    # the lock, the other found it ready.
-    assert sum(out.count("recovery: initialised") for out in first) == 1, tails(first)
-    assert sum(out.count("recovery: resuming from") for out in first) == 1, tails(first)
-    assert list(recovery.glob("part-*.sqlite3"))
+    def recovery(i: int) -> list[str]:
+        return recovery_args(dirs[i])
+
+    first = run_cluster(settings, tmp_path / "first", process_args=recovery)
+    # Each process created its own partition (index = process id, count = processes), at
+    # the same moment as the other, in the same or its own directory.
+    for i, out in enumerate(first):
+        assert f"recovery: created partition {i} of {PROCESSES}" in out, tails(first)
+    held = [sorted(p.name for p in d.glob("part-*.sqlite3")) for d in dirs]
+    if shared:
+        assert held == [["part-0.sqlite3", "part-1.sqlite3"]] * PROCESSES
+    else:
+        assert held == [[f"part-{i}.sqlite3"] for i in range(PROCESSES)]
     assert sum(out.count(OPENING_STORE) for out in first) == 1
     assert_tables_match(read_tables(url), expected, records, topic.positions)
 
     # The same cluster again: every partition resumes at the end it reached, and the
     # replayed state changes no row.
-    again = run_cluster(settings, tmp_path / "again", recovery_args(recovery))
+    again = run_cluster(settings, tmp_path / "again", process_args=recovery)
+    assert all("recovery: resuming from" in out for out in again), tails(again)
     resumed = [s for out in again for s in partition_starts(out)]
     assert {s.part for s in resumed} == all_parts(topic), tails(again)
     assert all(s.origin == "resumed" and s.offset == s.stop_at > 0 for s in resumed), resumed
     assert sum(out.count(OPENING_STORE) for out in again) == 1
     assert_tables_match(read_tables(url), expected, records, topic.positions)
+
+    if not shared:
+        # Resized to one process that sees only its own volume: Bytewax refuses to resume
+        # without partition 1 instead of starting over and double counting.
+        alone = run_flow(settings, recovery_args(dirs[0]), timeout_s=DEADLINE_S, check=False)
+        assert alone.returncode != 0
+        assert "Missing recovery partitions" in alone.stdout + alone.stderr
+        assert_tables_match(read_tables(url), expected, records, topic.positions)
 
 
 def test_two_workers_over_uneven_partitions_equal_the_oracle(
