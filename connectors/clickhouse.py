@@ -27,6 +27,7 @@ from connectors.clickhouse_store import (
     ensure_schema,
     open_client,
     parse_clickhouse_url,
+    wait_for_schema,
 )
 from connectors.metrics import (
     SINK_BATCH_SECONDS,
@@ -449,7 +450,10 @@ class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
     """Writes `(key, RowBatch)` items to ClickHouse through one partition, `"clickhouse"`.
 
     `on_close` is called with the open client just before it closes (at the end of a
-    bounded run), e.g. to print a summary. Nothing connects until `build_part`.
+    bounded run), e.g. to print a summary. With `create_schema` (the default) the sink
+    creates missing tables and views; without, it waits for them (up to the retry budget),
+    for deployments where a separate step applies the DDL. Nothing connects until
+    `build_part`.
     """
 
     def __init__(
@@ -457,10 +461,12 @@ class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
         target: ClickHouseTarget | str,
         retry: RetryPolicy | None = None,
         on_close: Callable[[Client], None] | None = None,
+        create_schema: bool = True,
     ) -> None:
         self._target = parse_clickhouse_url(target) if isinstance(target, str) else target
         self._retry = retry or RetryPolicy()
         self._on_close = on_close
+        self._create_schema = create_schema
 
     def list_parts(self) -> list[str]:
         return [PART_NAME]
@@ -475,7 +481,10 @@ class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
         try:
             client = thread.call(
                 lambda: retrier.call(
-                    lambda: _open_with_schema(self._target), f"Opening {self._target}"
+                    lambda: _open_with_schema(
+                        self._target, self._create_schema, self._retry.max_elapsed_seconds
+                    ),
+                    f"Opening {self._target}",
                 )
             )
         except BaseException:
@@ -485,10 +494,13 @@ class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
         return _ClickHousePartition(thread, client, writer, self._on_close)
 
 
-def _open_with_schema(target: ClickHouseTarget) -> Client:
+def _open_with_schema(target: ClickHouseTarget, create: bool, wait_seconds: float) -> Client:
     client = open_client(target)
     try:
-        ensure_schema(client)
+        if create:
+            ensure_schema(client)
+        else:
+            wait_for_schema(client, wait_seconds)
     except BaseException:
         client.close()
         raise

@@ -12,15 +12,19 @@ after which the same process may open a different path.
 from __future__ import annotations
 
 import logging
+import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 import clickhouse_connect
+from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 
-from waxhouse.errors import SettingsError
+from waxhouse.errors import SettingsError, SinkError
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +103,17 @@ def parse_clickhouse_url(url: str) -> ClickHouseTarget:
     )
 
 
-def open_client(target: ClickHouseTarget) -> Client:
+def open_client(target: ClickHouseTarget, cluster: str | None = None) -> Client:
     """A client on `target`; for a server, its database is created first if missing.
 
+    With `cluster`, the database is created `ON CLUSTER` (on every node of that cluster).
     Datetimes come back timezone-aware (UTC) from either backend.
     """
     if target.embedded:
+        if cluster is not None:
+            raise SettingsError("an embedded chDB store has no cluster: drop --cluster")
         return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", tz_mode="aware")
-    _create_database(target)
+    _create_database(target, cluster)
     return _server_client(target, database=target.database)
 
 
@@ -124,31 +131,118 @@ def _server_client(target: ClickHouseTarget, database: str | None) -> Client:
     )
 
 
-def _create_database(target: ClickHouseTarget) -> None:
+def _create_database(target: ClickHouseTarget, cluster: str | None) -> None:
     admin = _server_client(target, database=None)
     try:
         exists = admin.query(
             "SELECT 1 FROM system.databases WHERE name = {name:String}",
             parameters={"name": target.database},
         ).result_rows
-        if not exists:
+        if not exists or cluster is not None:  # on a cluster: other nodes may lack it
             logger.info("Creating ClickHouse database %s", target.database)
-            admin.command(
-                "CREATE DATABASE IF NOT EXISTS {name:Identifier}",
-                parameters={"name": target.database},
-            )
+            # Quoted here, not bound: a server forwards ON CLUSTER DDL to the other nodes
+            # as text, without the query's parameters.
+            name = quote_identifier(target.database)
+            admin.command(f"CREATE DATABASE IF NOT EXISTS {name}{_on_cluster(cluster)}")
     finally:
         admin.close()
 
 
-def schema_statements() -> list[tuple[str, str]]:
-    """The DDL files of `connectors/sql`, as `(file name, statement)` in name order."""
+def _on_cluster(cluster: str | None) -> str:
+    return "" if cluster is None else f" ON CLUSTER {quote_identifier(cluster)}"
+
+
+def schema_statements(cluster: str | None = None) -> list[tuple[str, str]]:
+    """The DDL files of `connectors/sql`, as `(file name, statement)` in name order.
+
+    With `cluster`, each statement is its replicated variant (`replicated_statement`).
+    """
     files = [f for f in resources.files(SCHEMA_PACKAGE).iterdir() if f.name.endswith(".sql")]
-    return [(f.name, f.read_text(encoding="utf-8")) for f in sorted(files, key=lambda f: f.name)]
+    statements = [
+        (f.name, f.read_text(encoding="utf-8")) for f in sorted(files, key=lambda f: f.name)
+    ]
+    if cluster is None:
+        return statements
+    return [(name, replicated_statement(sql, cluster)) for name, sql in statements]
 
 
-def ensure_schema(client: Client) -> None:
-    """Create the tables and views if missing (and bring the views up to date). Idempotent."""
-    for name, statement in schema_statements():
+# `CREATE TABLE IF NOT EXISTS name` / `CREATE OR REPLACE VIEW name`: the name's end is where
+# `ON CLUSTER` goes. `ENGINE = XMergeTree` becomes `ENGINE = ReplicatedXMergeTree`.
+_CREATE = re.compile(r"^(CREATE (?:TABLE IF NOT EXISTS|OR REPLACE VIEW) \w+)", re.MULTILINE)
+_ENGINE = re.compile(r"\bENGINE = (\w*MergeTree)\b")
+
+
+def replicated_statement(statement: str, cluster: str) -> str:
+    """`statement` for a replicated ClickHouse cluster: `ON CLUSTER cluster`, and each
+    `*MergeTree` engine as its `Replicated*MergeTree` twin.
+
+    The replicated engines take no path arguments: the server's `default_replica_path`
+    (`/clickhouse/tables/{uuid}/{shard}`) and `default_replica_name` (`{replica}`) apply,
+    so every replica of a shard shares one Keeper path per table. Views are created on every
+    node. Rows keep their identity and `version`, so replicas deduplicate replays exactly as
+    a single server does.
+    """
+    statement, creates = _CREATE.subn(rf"\1{_on_cluster(cluster)}", statement, count=1)
+    if creates != 1:
+        raise ValueError(f"not a CREATE TABLE IF NOT EXISTS / CREATE OR REPLACE VIEW: {statement}")
+    return _ENGINE.sub(r"ENGINE = Replicated\1", statement)
+
+
+def schema_objects() -> list[str]:
+    """The names of the tables and views the schema creates, in creation order."""
+    names = []
+    for _, statement in schema_statements():
+        found = _CREATE.search(statement)
+        if found is None:
+            raise ValueError(
+                f"not a CREATE TABLE IF NOT EXISTS / CREATE OR REPLACE VIEW: {statement}"
+            )
+        names.append(found.group(1).rsplit(" ", 1)[1])
+    return names
+
+
+def ensure_schema(client: Client, cluster: str | None = None) -> None:
+    """Create the tables and views if missing (and bring the views up to date). Idempotent.
+
+    With `cluster`, the replicated variant is applied `ON CLUSTER cluster`.
+    """
+    for name, statement in schema_statements(cluster):
         logger.debug("Applying %s", name)
         client.command(statement)
+
+
+def missing_schema_objects(client: Client) -> list[str]:
+    """The schema's tables and views that the client's database lacks."""
+    present = {
+        row[0]
+        for row in client.query(
+            "SELECT name FROM system.tables WHERE database = currentDatabase()"
+        ).result_rows
+    }
+    return [name for name in schema_objects() if name not in present]
+
+
+def wait_for_schema(
+    client: Client,
+    timeout_seconds: float,
+    *,
+    poll_seconds: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Return once every table and view of the schema exists; `SinkError` after
+    `timeout_seconds` without them. For deployments where a separate step (`waxhouse
+    schema`, a Kubernetes Job) owns the DDL and the flow must not create tables itself.
+    """
+    started = clock()
+    while missing := missing_schema_objects(client):
+        if clock() - started >= timeout_seconds:
+            raise SinkError(
+                f"ClickHouse lacks {', '.join(missing)} after {timeout_seconds:g} s: apply "
+                "the schema with `waxhouse schema` (CLICKHOUSE_CREATE_SCHEMA=false)"
+            )
+        logger.warning(
+            "Waiting for the schema (missing: %s); it is applied by `waxhouse schema`",
+            ", ".join(missing),
+        )
+        sleep(poll_seconds)

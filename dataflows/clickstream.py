@@ -27,7 +27,7 @@ from waxhouse.errors import SettingsError
 from waxhouse.logs import configure_logging
 from waxhouse.recovery import prepare_recovery
 from waxhouse.report import RunReport
-from waxhouse.runtime import tune_garbage_collector
+from waxhouse.runtime import stop_on_sigterm, tune_garbage_collector
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,12 @@ def build_flow(settings: Settings) -> Dataflow:
     to_clickhouse = op.map("route", rows, lambda kv: ("clickhouse", kv[1]))
     report = RunReport(settings)
     retry = RetryPolicy(max_attempts=1_000, max_elapsed_seconds=settings.clickhouse_retry_seconds)
-    sink = ClickHouseSink(settings.clickhouse_url, retry=retry, on_close=report)
+    sink = ClickHouseSink(
+        settings.clickhouse_url,
+        retry=retry,
+        on_close=report,
+        create_schema=settings.clickhouse_create_schema,
+    )
     op.output("clickhouse", to_clickhouse, sink)
 
     if not settings.embedded:
@@ -99,4 +104,5 @@ configure_logging(settings.log_level)
 logger.info("clickstream starting: %s", settings.describe())
 prepare_recovery()
 tune_garbage_collector()
+stop_on_sigterm()
 flow = build_flow(settings)

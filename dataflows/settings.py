@@ -56,6 +56,7 @@ class Settings:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     clickhouse_url: str = field(default=f"chdb://{os.path.abspath(DEFAULT_STORE)}", repr=False)
     clickhouse_retry_seconds: float = 300.0
+    clickhouse_create_schema: bool = True
     window_seconds: int = 60
     allowed_lateness_seconds: int = 10
     session_gap_seconds: int = 1800
@@ -113,6 +114,7 @@ class Settings:
             "kafka_security_protocol": self.kafka_security.protocol,
             "clickhouse_url": mask_url(self.clickhouse_url),
             "clickhouse_retry_seconds": self.clickhouse_retry_seconds,
+            "clickhouse_create_schema": self.clickhouse_create_schema,
             "window_seconds": self.window_seconds,
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
             "session_gap_seconds": self.session_gap_seconds,
@@ -218,6 +220,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         clickhouse_url=store,
         clickhouse_retry_seconds=_float(env, "CLICKHOUSE_RETRY_SECONDS", 300.0),
+        clickhouse_create_schema=_bool(env, "CLICKHOUSE_CREATE_SCHEMA", True),
         window_seconds=_int(env, "WINDOW_SECONDS", 60),
         allowed_lateness_seconds=_int(env, "ALLOWED_LATENESS_SECONDS", 10),
         session_gap_seconds=_int(env, "SESSION_GAP_SECONDS", 1800),

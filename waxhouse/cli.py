@@ -3,6 +3,9 @@
     waxhouse sql "SELECT page, sum(views) FROM page_stats GROUP BY page"
     waxhouse sql --format json "SELECT * FROM dead_letters WHERE reason = {r:String}" -p r=late
     waxhouse schema
+    waxhouse schema --replicated --cluster analytics   # Replicated*MergeTree, ON CLUSTER
+    waxhouse schema --print [--replicated --cluster analytics]   # show the DDL only
+    waxhouse produce --rate 500                        # generated events into Kafka
 
 The store is `CLICKHOUSE_URL` (default: the embedded chDB store at ./data/clickhouse). An
 embedded store can be open in one process at a time: stop a running flow before querying
@@ -14,22 +17,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
+from kafka.errors import KafkaError
 
 from connectors.clickhouse_store import (
     ClickHouseTarget,
     ensure_schema,
     open_client,
     parse_clickhouse_url,
+    schema_statements,
 )
-from dataflows.settings import load_settings
-from waxhouse.errors import SettingsError, WaxhouseError
+from connectors.loadgen import LoadConfig, LoadGenerator
+from dataflows.settings import Settings, load_settings
+from waxhouse.errors import SettingsError, SourceError, WaxhouseError
 
 logger = logging.getLogger(__name__)
 
@@ -115,20 +124,62 @@ def run_sql(
         print(text, file=out)
 
 
-def run_schema(target: ClickHouseTarget, out: TextIO) -> None:
-    """Apply the schema and say so."""
-    client = open_client(target)
+def run_schema(target: ClickHouseTarget, cluster: str | None, out: TextIO) -> None:
+    """Apply the schema (the replicated variant `ON CLUSTER cluster` if given) and say so."""
+    client = open_client(target, cluster)
     try:
-        ensure_schema(client)
+        ensure_schema(client, cluster)
     finally:
         client.close()
-    print(f"Schema is up to date at {target}", file=out)
+    where = f"{target}" if cluster is None else f"{target} (replicated, ON CLUSTER {cluster})"
+    print(f"Schema is up to date at {where}", file=out)
+
+
+def print_schema(cluster: str | None, out: TextIO) -> None:
+    """The DDL `run_schema` applies, one statement per file, without connecting."""
+    for name, statement in schema_statements(cluster):
+        print(f"-- {name}\n{statement.strip()};\n", file=out)
+
+
+def run_produce(settings: Settings, args: argparse.Namespace) -> None:
+    """Produce generated events into KAFKA_TOPIC until done or SIGTERM/SIGINT."""
+    if settings.kafka_bootstrap_servers is None:
+        raise SettingsError("KAFKA_BOOTSTRAP_SERVERS must be set: produce writes to Kafka")
+    try:
+        config = LoadConfig(
+            rate=args.rate,
+            events=args.events,
+            seed=time.time_ns() // 1_000_000 if args.seed is None else args.seed,
+            malformed_ratio=args.malformed_ratio,
+        )
+    except ValueError as e:
+        raise SettingsError(f"produce: {e}") from e
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logger.info(
+        "producing into %s at %s events/s (seed %d)",
+        settings.kafka_topic,
+        f"{config.rate:g}" if config.rate else "unlimited",
+        config.seed,
+    )
+    generator = LoadGenerator(
+        settings.kafka_bootstrap_servers,
+        settings.kafka_topic,
+        config,
+        client_options=settings.kafka_security.client_options(),
+    )
+    try:
+        generator.run(stop)
+    except KafkaError as e:
+        raise SourceError(f"producing into {settings.kafka_topic} failed: {e!r}") from e
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="waxhouse",
-        description="Query the waxhouse ClickHouse store (CLICKHOUSE_URL) or apply its schema.",
+        description="Query the waxhouse ClickHouse store (CLICKHOUSE_URL), apply its schema, "
+        "or produce generated events into Kafka.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,27 +196,58 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="bind a query parameter used as {NAME:Type} in the statement (repeatable)",
     )
-    commands.add_parser("schema", help="create the tables and views if missing")
+    schema = commands.add_parser("schema", help="create the tables and views if missing")
+    schema.add_argument(
+        "--replicated",
+        action="store_true",
+        help="Replicated*MergeTree tables, created ON CLUSTER (needs --cluster)",
+    )
+    schema.add_argument("--cluster", help="the ClickHouse cluster name (remote_servers)")
+    schema.add_argument("--print", action="store_true", help="print the DDL instead of applying it")
+    produce = commands.add_parser(
+        "produce", help="produce generated click events into KAFKA_TOPIC (a load generator)"
+    )
+    produce.add_argument(
+        "--rate", type=float, default=500.0, help="events per second (0: as fast as possible)"
+    )
+    produce.add_argument("--events", type=int, default=0, help="how many (0: until stopped)")
+    produce.add_argument(
+        "--seed", type=int, default=None, help="generator seed (default: the start time)"
+    )
+    produce.add_argument(
+        "--malformed-ratio",
+        type=float,
+        default=0.01,
+        help="share of deliberately broken records, to exercise the dead letters",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if args.verbose or args.command == "produce" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "schema" and args.replicated != (args.cluster is not None):
+        parser.error("--replicated and --cluster go together")
+    if args.command == "schema" and args.print:
+        print_schema(args.cluster, sys.stdout)
+        return 0
     try:
-        target = parse_clickhouse_url(load_settings().clickhouse_url)
+        settings = load_settings()
+        target = parse_clickhouse_url(settings.clickhouse_url)
         params = _parameters(args.param) if args.command == "sql" else {}
+        if args.command == "produce":
+            run_produce(settings, args)
+        elif args.command == "sql":
+            run_sql(target, args.query, params, args.format, sys.stdout)
+        else:
+            run_schema(target, args.cluster, sys.stdout)
     except SettingsError as e:
         print(f"waxhouse: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        if args.command == "sql":
-            run_sql(target, args.query, params, args.format, sys.stdout)
-        else:
-            run_schema(target, sys.stdout)
     except (ClickHouseError, WaxhouseError) as e:
         print(f"waxhouse: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
         return EXIT_ERROR

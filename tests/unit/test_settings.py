@@ -85,6 +85,12 @@ def test_kafka_mode_and_overrides() -> None:
     assert settings.kafka_security.client_options()["sasl_plain_password"] == "hunter2"
 
 
+@pytest.mark.parametrize(("raw", "create"), [(None, True), ("true", True), ("false", False)])
+def test_the_flow_creates_the_schema_unless_told_not_to(raw: str | None, create: bool) -> None:
+    env = {} if raw is None else {"CLICKHOUSE_CREATE_SCHEMA": raw}
+    assert load_settings(env).clickhouse_create_schema is create
+
+
 def test_secrets_never_show_in_repr_or_description() -> None:
     settings = load_settings(
         {
@@ -106,6 +112,7 @@ def test_secrets_never_show_in_repr_or_description() -> None:
         ({"SESSION_GAP_SECONDS": "1.5"}, "SESSION_GAP_SECONDS"),
         ({"KAFKA_STARTING_OFFSET": "middle"}, "KAFKA_STARTING_OFFSET"),
         ({"KAFKA_STOP_AT_END": "maybe"}, "KAFKA_STOP_AT_END"),
+        ({"CLICKHOUSE_CREATE_SCHEMA": "later"}, "CLICKHOUSE_CREATE_SCHEMA"),
         ({"KAFKA_CLIENT": "rdkafka"}, "KAFKA_CLIENT"),
         ({"GENERATOR_EVENTS": "-5"}, "GENERATOR_EVENTS"),
         ({"GENERATOR_RATE": "fast"}, "GENERATOR_RATE"),
