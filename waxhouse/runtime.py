@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 
 # The flow keeps millions of long-lived containers (open windows, sessions, per-page user
 # sets) and allocates a batch's worth of short-lived tuples at a time. With CPython's
@@ -17,3 +18,14 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop the flow as Ctrl-C does.
+
+    Bytewax stops a dataflow when Python reports an interrupt; SIGTERM (what `docker stop`
+    and Kubernetes send) would otherwise end the process without its summary, and as PID 1
+    in a container it would be ignored until the SIGKILL that follows. Recovery makes
+    either stop safe: this makes it orderly.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -1,0 +1,140 @@
+"""A load generator: the built-in clickstream, produced into Kafka at a chosen rate.
+
+    waxhouse produce --rate 500                 # until stopped (SIGTERM / Ctrl-C)
+    waxhouse produce --rate 2000 --events 100000
+
+Events are the generator's (`connectors.generator`), with event time starting now and
+advancing at the chosen rate, so a live flow sees live data. Records are keyed by
+`user_id`, as the pipeline expects, and carry their event time as the Kafka timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaProducer
+
+from connectors.generator import ClickstreamGenerator, GeneratorConfig
+from waxhouse.errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+# Records produced per pacing step at most: small enough that a rate is kept within a few
+# milliseconds, large enough that the loop costs nothing next to the producer.
+STEP_RECORDS = 500
+PROGRESS_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What to produce: `rate` events/s (0 = as fast as the producer goes), `events` in all
+    (0 = until stopped), generated with `seed` and `malformed_ratio` broken records."""
+
+    rate: float
+    events: int = 0
+    seed: int = 42
+    malformed_ratio: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.rate < 0:
+            raise ValueError("rate must be 0 (unlimited) or more events per second")
+        if self.events < 0:
+            raise ValueError("events must be 0 (endless) or more")
+        if not 0 <= self.malformed_ratio <= 1:
+            raise ValueError("malformed ratio must be between 0 and 1")
+
+    def generator(self, start_ms: int) -> ClickstreamGenerator:
+        """The event stream: event time from `start_ms`, advancing `rate` events a second."""
+        interval_ms = 1000.0 / self.rate if self.rate > 0 else 1.0
+        return ClickstreamGenerator(
+            GeneratorConfig(
+                seed=self.seed,
+                events=self.events,
+                start_ms=start_ms,
+                mean_interval_ms=interval_ms,
+                malformed_ratio=self.malformed_ratio,
+            )
+        )
+
+
+def due_records(elapsed_seconds: float, rate: float, sent: int) -> int:
+    """How many records are owed after `elapsed_seconds` at `rate`, `sent` already sent."""
+    if rate <= 0:
+        return STEP_RECORDS
+    return max(0, min(STEP_RECORDS, int(elapsed_seconds * rate) - sent))
+
+
+class LoadGenerator:
+    """Produces `config`'s events into `topic` until done or `stop` is set.
+
+    Connects in `run()`, not in the constructor. `clock` and `sleep` are injectable.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        config: LoadConfig,
+        client_options: dict[str, str] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        self._config = config
+        self._options = client_options or {}
+        self._clock = clock
+        self._sleep = sleep
+
+    def run(self, stop: threading.Event) -> int:
+        """Produce until the configured count is reached or `stop` is set; flush; return
+        how many records the broker acknowledged. `SourceError` if any send failed."""
+        producer = self._producer()
+        failures: list[BaseException] = []
+        generator = self._config.generator(start_ms=time.time_ns() // 1_000_000)
+        started = last_report = self._clock()
+        sent = 0
+        try:
+            while not stop.is_set() and not generator.exhausted:
+                now = self._clock()
+                count = due_records(now - started, self._config.rate, sent)
+                if count == 0:
+                    self._sleep(min(0.05, 1.0 / self._config.rate))
+                    continue
+                for record in generator.take(count):
+                    producer.send(
+                        self._topic,
+                        key=record.key,
+                        value=record.value,
+                        timestamp_ms=record.timestamp_ms,
+                    ).add_errback(failures.append)
+                sent += count
+                if now - last_report >= PROGRESS_SECONDS:
+                    logger.info("produced %d records (%.0f/s)", sent, sent / (now - started))
+                    last_report = now
+            producer.flush()
+        finally:
+            producer.close()
+        if failures:
+            raise SourceError(
+                f"{len(failures)} of {sent} records were not produced into {self._topic}: "
+                f"{failures[0]!r}"
+            )
+        logger.info("produced %d records into %s", sent, self._topic)
+        return sent
+
+    def _producer(self) -> Any:
+        return KafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            linger_ms=20,
+            batch_size=256 * 1024,
+            max_request_size=16 * 1024 * 1024,  # the generator's rare 900 KB strings
+            **self._options,
+        )
