@@ -1,0 +1,84 @@
+"""The load generator's pacing and events, with a fake clock and a fake producer."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.loadgen import STEP_RECORDS, LoadConfig, LoadGenerator, due_records
+
+
+class FakeFuture:
+    def add_errback(self, errback: Any) -> FakeFuture:
+        return self
+
+
+class FakeProducer:
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+        self.sent: list[tuple[float, bytes, bytes, int]] = []
+        self.flushed = self.closed = False
+
+    def send(self, topic: str, *, key: bytes, value: bytes, timestamp_ms: int) -> FakeFuture:
+        self.sent.append((self.clock[0], key, value, timestamp_ms))
+        return FakeFuture()
+
+    def flush(self) -> None:
+        self.flushed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run(config: LoadConfig) -> FakeProducer:
+    now = [0.0]
+    producer = FakeProducer(now)
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    class Generator(LoadGenerator):
+        def _producer(self) -> Any:
+            return producer
+
+    sent = Generator("unused:9092", "events", config, clock=lambda: now[0], sleep=sleep).run(
+        threading.Event()
+    )
+    assert sent == len(producer.sent)
+    assert producer.flushed and producer.closed
+    return producer
+
+
+def test_records_are_never_sent_ahead_of_the_rate() -> None:
+    producer = run(LoadConfig(rate=100.0, events=1_000, malformed_ratio=0.0))
+    assert len(producer.sent) == 1_000
+    for n, (at, *_) in enumerate(producer.sent):
+        assert at >= n / 100.0 - 1e-9, (n, at)
+    # ...nor far behind it: the last record goes out within one sleep of its due time.
+    assert producer.sent[-1][0] <= 999 / 100.0 + 0.05
+
+
+def test_events_are_keyed_by_user_and_start_at_the_present(monkeypatch: Any) -> None:
+    monkeypatch.setattr("connectors.loadgen.time.time_ns", lambda: 1_800_000_000_000 * 10**6)
+    producer = run(LoadConfig(rate=0.0, events=2_000, malformed_ratio=0.0))
+    for _, key, value, timestamp_ms in producer.sent:
+        event = orjson.loads(value)
+        assert event["user_id"].encode() == key
+        assert 1_800_000_000_000 <= timestamp_ms < 1_800_000_000_000 + 60_000
+
+
+def test_an_unlimited_rate_sends_whole_steps() -> None:
+    assert due_records(0.0, 0.0, 10**9) == STEP_RECORDS
+    assert due_records(1.0, 10.0, 10) == 0
+    assert due_records(2.0, 10.0, 10) == 10
+
+
+@pytest.mark.parametrize(
+    "config", [{"rate": -1.0}, {"rate": 1.0, "events": -1}, {"rate": 1.0, "malformed_ratio": 2}]
+)
+def test_invalid_load_is_refused(config: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        LoadConfig(**config)
