@@ -8,7 +8,8 @@ through the flow, bounded, as Bytewax runs it:
   store (the ClickHouse sink has a single partition; a second process opening the store
   would fail with chDB error 36). Once more with recovery on, both processes sharing one
   recovery directory or each with its own (a StatefulSet's volume per pod), and again from
-  there: the resumed cluster adds nothing, and one process alone refuses to resume;
+  there: the resumed cluster adds nothing; one process alone resumes from the shared
+  directory and refuses to resume from one of the per-process ones;
 - one process with two workers (`-w 2`): uneven partition counts per worker, the setting
   of upstream bytewax PR #556 (a worker's partitions held back behind another's epochs).
   Every run is bounded and has a deadline, so a stall fails the test;
@@ -241,13 +242,21 @@ def test_two_process_cluster_with_recovery_resumes(
     assert sum(out.count(OPENING_STORE) for out in again) == 1
     assert_tables_match(read_tables(url), expected, records, topic.positions)
 
-    if not shared:
+    alone = run_flow(settings, recovery_args(dirs[0]), timeout_s=DEADLINE_S, check=False)
+    output = alone.stdout + alone.stderr
+    if shared:
+        # Resized to one process: it reaches both partitions, and resumes from them.
+        assert alone.returncode == 0, output[-4000:]
+        assert "resuming from" in output and "created partition" not in output
+        resumed = partition_starts(output)
+        assert {s.part for s in resumed} == all_parts(topic), output[-4000:]
+        assert all(s.origin == "resumed" and s.offset == s.stop_at for s in resumed)
+    else:
         # Resized to one process that sees only its own volume: Bytewax refuses to resume
         # without partition 1 instead of starting over and double counting.
-        alone = run_flow(settings, recovery_args(dirs[0]), timeout_s=DEADLINE_S, check=False)
         assert alone.returncode != 0
-        assert "Missing recovery partitions" in alone.stdout + alone.stderr
-        assert_tables_match(read_tables(url), expected, records, topic.positions)
+        assert "Missing recovery partitions" in output, output[-4000:]
+    assert_tables_match(read_tables(url), expected, records, topic.positions)
 
 
 def test_two_workers_over_uneven_partitions_equal_the_oracle(
