@@ -472,10 +472,10 @@ def test_flow_waits_for_the_schema_the_job_applies(
 ) -> None:
     assert config["CLICKHOUSE_CREATE_SCHEMA"] == "false"
     assert config["KAFKA_CLIENT"] == "confluent"
-    base_args = find(built["base"], "Job", "waxhouse-schema")
-    assert pod_spec(base_args)["containers"][0]["args"] == ["waxhouse", "schema"]
-    job = find(built["overlays/replicated-clickhouse"], "Job", "waxhouse-schema")
-    args = pod_spec(job)["containers"][0]["args"]
+    single = find(built["base"], "Job", "waxhouse-schema")
+    assert pod_spec(single)["containers"][0]["args"] == ["waxhouse", "schema"]
+    replicated = find(built["overlays/replicated-clickhouse"], "Job", "waxhouse-schema")
+    args = pod_spec(replicated)["containers"][0]["args"]
     assert args[:3] == ["waxhouse", "schema", "--replicated"], args
     cluster = args[args.index("--cluster") + 1]
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", cluster), f"no cluster name: {args}"
