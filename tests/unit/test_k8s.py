@@ -10,6 +10,7 @@ is replaced by a stand-in that records the command line k8s/waxctl/deploy.sh giv
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import runpy
@@ -29,7 +30,12 @@ from tests.support.kustomize import build
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-KUSTOMIZATIONS = ("base", "overlays/replicated-clickhouse", "monitoring")
+KUSTOMIZATIONS = (
+    "base",
+    "overlays/replicated-clickhouse",
+    "overlays/shared-recovery",
+    "monitoring",
+)
 KUBERNETES_VERSION = "1.34.0"
 NAMESPACE = "waxhouse"
 SECRET = "waxhouse-credentials"
@@ -488,6 +494,36 @@ def test_replicated_overlay_changes_only_the_schema_job(
         return [r for r in resources if r["kind"] != "Job"]
 
     assert others(built["overlays/replicated-clickhouse"]) == others(built["base"])
+
+
+def test_shared_recovery_overlay_mounts_one_shared_volume_and_changes_nothing_else(
+    built: dict[str, list[dict[str, Any]]], config: dict[str, str]
+) -> None:
+    shared = built["overlays/shared-recovery"]
+    claim = find(shared, "PersistentVolumeClaim", "waxhouse-recovery")
+    assert claim["metadata"]["namespace"] == NAMESPACE
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    statefulset = find(shared, "StatefulSet", "clickstream")
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in flow_container(statefulset)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(statefulset)["volumes"]}
+    recovery = volumes[mounts[config["BYTEWAX_RECOVERY_DIRECTORY"]]]
+    assert recovery["persistentVolumeClaim"]["claimName"] == "waxhouse-recovery"
+
+    def without_recovery(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = []
+        for resource in resources:
+            if resource["kind"] == "PersistentVolumeClaim":
+                continue
+            if resource["kind"] == "StatefulSet":
+                resource = json.loads(json.dumps(resource))
+                resource["spec"].pop("volumeClaimTemplates", None)
+                spec = pod_spec(resource)
+                spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "recovery"]
+            kept.append(resource)
+        return kept
+
+    assert without_recovery(shared) == without_recovery(built["base"])
 
 
 # ---------------------------------------------------------------- workloads
