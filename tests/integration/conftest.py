@@ -63,6 +63,12 @@ def kafka_broker(_session_kafka_broker: KafkaBroker | None) -> Iterator[KafkaBro
 
 
 @pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    """A fresh embedded ClickHouse store for the test."""
+    return f"chdb://{tmp_path / 'store'}"
+
+
+@pytest.fixture
 def topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
     """Create topics named ``<prefix>-<uuid>``; they are deleted after the test."""
     created: list[str] = []

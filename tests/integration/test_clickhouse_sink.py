@@ -7,9 +7,6 @@ test ends, so the next test's store can open in this process (see tests/support/
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -33,13 +30,13 @@ from connectors.clickhouse import (
 from connectors.clickhouse_store import ClickHouseTarget
 from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
 from tests.support.clickhouse import query_rows
+from tests.support.flow import run_cli
 from waxhouse.errors import SinkError
 
 pytestmark = pytest.mark.integration
 
 UTC = timezone.utc
 MAX_TS_MS = 253402300799999
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CONTRACT = {
     "page_stats": [
@@ -72,11 +69,6 @@ CONTRACT = {
         ("received_at", "DateTime64(3, 'UTC')"),
     ],
 }
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"chdb://{tmp_path / 'store'}"
 
 
 @pytest.fixture
@@ -376,25 +368,12 @@ def test_one_store_per_process_at_a_time(tmp_path: Path) -> None:
 # --- the waxhouse CLI -------------------------------------------------------------------
 
 
-def run_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CLICKHOUSE_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "waxhouse.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_sql_prints_a_table_and_json_lines(store_url: str) -> None:
     rows = [page_row("/home", views=2, revenue_cents=1999), page_row("/a-long-page", views=11)]
     write_through_sink(store_url, [RowBatch(page_stats=rows)])
 
     sql = "SELECT page, views, revenue FROM page_stats ORDER BY page"
-    table = run_cli(store_url, "sql", sql)
+    table = run_cli({"CLICKHOUSE_URL": store_url}, "sql", sql)
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines() == [
         "page         | views | revenue",
@@ -404,7 +383,7 @@ def test_cli_sql_prints_a_table_and_json_lines(store_url: str) -> None:
         "(2 rows)",
     ]
 
-    lines = run_cli(store_url, "sql", "--format", "json", sql, "-p", "unused=1")
+    lines = run_cli({"CLICKHOUSE_URL": store_url}, "sql", "--format", "json", sql, "-p", "unused=1")
     assert lines.returncode == 0, lines.stderr
     parsed: list[dict[str, Any]] = [json.loads(line) for line in lines.stdout.splitlines()]
     assert parsed == [
@@ -414,15 +393,15 @@ def test_cli_sql_prints_a_table_and_json_lines(store_url: str) -> None:
 
 
 def test_cli_schema_and_errors(store_url: str) -> None:
-    applied = run_cli(store_url, "schema")
+    applied = run_cli({"CLICKHOUSE_URL": store_url}, "schema")
     assert applied.returncode == 0, applied.stderr
     assert "Schema is up to date" in applied.stdout
 
-    bad_sql = run_cli(store_url, "sql", "SELECT no_such_column FROM page_stats")
+    bad_sql = run_cli({"CLICKHOUSE_URL": store_url}, "sql", "SELECT no_such_column FROM page_stats")
     assert bad_sql.returncode == 1
     assert len(bad_sql.stderr.strip().splitlines()) == 1
     assert "UNKNOWN_IDENTIFIER" in bad_sql.stderr
 
-    bad_url = run_cli("ftp://nowhere", "sql", "SELECT 1")
+    bad_url = run_cli({"CLICKHOUSE_URL": "ftp://nowhere"}, "sql", "SELECT 1")
     assert bad_url.returncode == 2
     assert "CLICKHOUSE_URL" in bad_url.stderr

@@ -7,12 +7,8 @@ the single-server DDL only in `ON CLUSTER` and the engine names.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -27,6 +23,7 @@ from connectors.clickhouse_store import (
     schema_statements,
     wait_for_schema,
 )
+from tests.support.flow import run_cli
 from waxhouse.errors import SinkError
 
 pytestmark = pytest.mark.integration
@@ -39,11 +36,6 @@ OBJECTS = [
     "dead_letters_data",
     "dead_letters",
 ]
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"chdb://{tmp_path / 'store'}"
 
 
 @pytest.fixture
@@ -118,32 +110,21 @@ def test_a_sink_that_must_not_create_the_schema_stops_without_it(store_url: str)
         client.close()
 
 
-def waxhouse(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "KAFKA_"))}
-    env["CLICKHOUSE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "waxhouse.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_the_schema_command_prints_applies_and_refuses_a_cluster_for_chdb(store_url: str) -> None:
-    printed = waxhouse("schema", "--print", "--replicated", "--cluster", "prod", url=store_url)
+    printed = run_cli(
+        {"CLICKHOUSE_URL": store_url}, "schema", "--print", "--replicated", "--cluster", "prod"
+    )
     assert printed.returncode == 0, printed.stderr
     for name, statement in schema_statements("prod"):
         assert f"-- {name}\n{statement.strip()};" in printed.stdout
 
-    half = waxhouse("schema", "--replicated", url=store_url)
+    half = run_cli({"CLICKHOUSE_URL": store_url}, "schema", "--replicated")
     assert half.returncode == 2 and "--replicated and --cluster go together" in half.stderr
 
-    embedded = waxhouse("schema", "--replicated", "--cluster", "prod", url=store_url)
+    embedded = run_cli({"CLICKHOUSE_URL": store_url}, "schema", "--replicated", "--cluster", "prod")
     assert embedded.returncode == 2 and "has no cluster" in embedded.stderr
 
-    applied = waxhouse("schema", url=store_url)
+    applied = run_cli({"CLICKHOUSE_URL": store_url}, "schema")
     assert applied.returncode == 0, applied.stderr
     assert "Schema is up to date" in applied.stdout
     client = open_client(parse_clickhouse_url(store_url))

@@ -71,3 +71,17 @@ def start_flow(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+
+def run_cli(overrides: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `waxhouse` CLI with `args` to completion, in the flow's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "waxhouse.cli", *args],
+        cwd=REPO,
+        env=flow_env(overrides),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
