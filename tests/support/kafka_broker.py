@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -269,7 +269,8 @@ class KafkaBroker:
     formats storage the first time; later calls (after ``shutdown()`` or ``kill()``) reuse
     all of that. ``stop()`` shuts down and deletes the directory; a ``start()`` after it
     begins a new, empty broker on new ports. Used as a context manager it starts on entry
-    and stops on exit.
+    and stops on exit. `properties` writes its ``server.properties`` (default: a loopback
+    node, `server_properties`); clients reach it at ``127.0.0.1:ports.broker``.
     """
 
     def __init__(
@@ -281,8 +282,12 @@ class KafkaBroker:
         startup_timeout_s: float = 90.0,
         shutdown_timeout_s: float = 30.0,
         java: str = "java",
+        properties: Callable[[BrokerPorts, Path], str] | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self._version = version
+        self._properties = properties or server_properties
+        self._cluster_id = cluster_id
         self._cache_root = cache_root
         self._heap = heap
         self._startup_timeout_s = startup_timeout_s
@@ -396,7 +401,7 @@ class KafkaBroker:
         self._ports = _free_ports()
         _LIVE_BROKERS.add(self)
         (work_dir / "server.properties").write_text(
-            server_properties(self._ports, self.data_dir), encoding="utf-8"
+            self._properties(self._ports, self.data_dir), encoding="utf-8"
         )
         (work_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
         self._format_storage()
@@ -425,7 +430,7 @@ class KafkaBroker:
             "kafka.tools.StorageTool",
             "format",
             "--cluster-id",
-            new_cluster_id(),
+            self._cluster_id or new_cluster_id(),
             "--config",
             str(self.work_dir / "server.properties"),
         )

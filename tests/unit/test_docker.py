@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -28,6 +27,7 @@ from packaging.utils import canonicalize_name
 
 from connectors.clickhouse_store import parse_clickhouse_url
 from dataflows.settings import load_settings
+from tests.support.compose import interpolate, read_env_file, refs_in
 from tests.support.compose_schema import ComposeSchemaUnavailable, compose_spec_schema
 from waxhouse.cli import build_parser
 
@@ -94,77 +94,6 @@ def pyproject() -> dict[str, Any]:
 
 def project_version() -> str:
     return str(pyproject()["project"]["version"])
-
-
-_REF = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
-)
-
-
-@dataclass(frozen=True)
-class Ref:
-    """One `${NAME...}` reference in the compose file."""
-
-    name: str
-    op: str | None
-    arg: str | None
-
-
-def refs_in(value: Any) -> Iterator[Ref]:
-    """Every variable reference in the strings of a loaded YAML document."""
-    if isinstance(value, str):
-        for found in _REF.finditer(value):
-            name = found.group("name") or found.group("bare")
-            if name:
-                yield Ref(name, found.group("op"), found.group("arg"))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from refs_in(key)
-            yield from refs_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from refs_in(item)
-
-
-def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """Compose's variable interpolation over a loaded YAML document."""
-    if isinstance(value, str):
-
-        def substitute(found: re.Match[str]) -> str:
-            if found.group(0) == "$$":
-                return "$"
-            name = found.group("name") or found.group("bare")
-            op, arg, current = found.group("op"), found.group("arg") or "", env.get(name)
-            if op in (":-", "-"):
-                unset = current is None or (op == ":-" and current == "")
-                return arg if unset else str(current)
-            if op in (":?", "?"):
-                if current is None or (op == ":?" and current == ""):
-                    raise KeyError(f"{name}: {arg}")
-                return current
-            if op in (":+", "+"):
-                return arg if current else ""
-            return current or ""
-
-        return _REF.sub(substitute, value)
-    if isinstance(value, dict):
-        return {interpolate(k, env): interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(item, env) for item in value]
-    return value
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.partition("=")
-        assert sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", name), f"not NAME=value: {line!r}"
-        values[name] = value
-    return values
 
 
 def settings_env_names() -> set[str]:
