@@ -39,6 +39,7 @@ from connectors.clickhouse_store import (
 from connectors.loadgen import LoadConfig, LoadGenerator
 from dataflows.settings import Settings, load_settings
 from waxhouse.errors import SettingsError, SourceError, WaxhouseError
+from waxhouse.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -226,10 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose or args.command == "produce" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("INFO" if args.verbose or args.command == "produce" else "WARNING")
     if args.command == "schema" and args.replicated != (args.cluster is not None):
         parser.error("--replicated and --cluster go together")
     if args.command == "schema" and args.print:
