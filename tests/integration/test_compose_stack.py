@@ -24,7 +24,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from tests.support.compose import (
     kafka_properties,
     read_env_file,
 )
-from tests.support.flow import REPO, flow_env
+from tests.support.flow import REPO, run_python
 from tests.support.kafka_broker import LOOPBACK, BrokerPorts, KafkaBroker, create_topic
 
 pytestmark = pytest.mark.integration
@@ -146,17 +145,8 @@ def image_command() -> list[str]:
 
 def run(command: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     """A container's command, here: `python` is this interpreter, `waxhouse` the CLI."""
-    program = {"python": [sys.executable], "waxhouse": [sys.executable, "-m", "waxhouse.cli"]}
-    return subprocess.run(
-        [*program[command[0]], *command[1:]],
-        cwd=REPO,
-        env=flow_env(env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    program = {"python": [], "waxhouse": ["-m", "waxhouse.cli"]}
+    return run_python([*program[command[0]], *command[1:]], env)
 
 
 def test_both_listeners_of_the_compose_broker_serve_clients(

@@ -73,15 +73,22 @@ def start_flow(
         )
 
 
-def run_cli(overrides: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the `waxhouse` CLI with `args` to completion, in the flow's environment."""
+def run_python(
+    args: Sequence[str], overrides: Mapping[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run `python ARGS` to completion in the repository, in the flow's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "waxhouse.cli", *args],
+        [sys.executable, *args],
         cwd=REPO,
         env=flow_env(overrides),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def run_cli(overrides: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `waxhouse` CLI with `args` to completion, in the flow's environment."""
+    return run_python(["-m", "waxhouse.cli", *args], overrides)
