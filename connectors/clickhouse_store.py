@@ -182,23 +182,22 @@ def replicated_statement(statement: str, cluster: str) -> str:
     node. Rows keep their identity and `version`, so replicas deduplicate replays exactly as
     a single server does.
     """
-    statement, creates = _CREATE.subn(rf"\1{_on_cluster(cluster)}", statement, count=1)
-    if creates != 1:
-        raise ValueError(f"not a CREATE TABLE IF NOT EXISTS / CREATE OR REPLACE VIEW: {statement}")
+    end = _created(statement).end()
+    statement = statement[:end] + _on_cluster(cluster) + statement[end:]
     return _ENGINE.sub(r"ENGINE = Replicated\1", statement)
 
 
 def schema_objects() -> list[str]:
     """The names of the tables and views the schema creates, in creation order."""
-    names = []
-    for _, statement in schema_statements():
-        found = _CREATE.search(statement)
-        if found is None:
-            raise ValueError(
-                f"not a CREATE TABLE IF NOT EXISTS / CREATE OR REPLACE VIEW: {statement}"
-            )
-        names.append(found.group(1).rsplit(" ", 1)[1])
-    return names
+    return [_created(statement).group(1).rsplit(" ", 1)[1] for _, statement in schema_statements()]
+
+
+def _created(statement: str) -> re.Match[str]:
+    """Where `statement` says what it creates; ValueError if it is not one of ours."""
+    found = _CREATE.search(statement)
+    if found is None:
+        raise ValueError(f"not a CREATE TABLE IF NOT EXISTS / CREATE OR REPLACE VIEW: {statement}")
+    return found
 
 
 def ensure_schema(client: Client, cluster: str | None = None) -> None:
