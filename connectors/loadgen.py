@@ -107,14 +107,15 @@ class LoadGenerator:
                 if count == 0:
                     self._sleep(min(0.05, 1.0 / self._config.rate))
                     continue
-                for record in generator.take(count):
+                records = generator.take(count)  # fewer at the end of a finite stream
+                for record in records:
                     producer.send(
                         self._topic,
                         key=record.key,
                         value=record.value,
                         timestamp_ms=record.timestamp_ms,
                     ).add_errback(failures.append)
-                sent += count
+                sent += len(records)
                 if now - last_report >= PROGRESS_SECONDS:
                     logger.info("produced %d records (%.0f/s)", sent, sent / (now - started))
                     last_report = now

@@ -70,6 +70,11 @@ def test_events_are_keyed_by_user_and_start_at_the_present(monkeypatch: Any) -> 
         assert 1_800_000_000_000 <= timestamp_ms < 1_800_000_000_000 + 60_000
 
 
+def test_a_count_that_is_not_a_whole_number_of_steps_is_reported_exactly() -> None:
+    producer = run(LoadConfig(rate=0.0, events=STEP_RECORDS + 7, malformed_ratio=0.0))
+    assert len(producer.sent) == STEP_RECORDS + 7
+
+
 def test_an_unlimited_rate_sends_whole_steps() -> None:
     assert due_records(0.0, 0.0, 10**9) == STEP_RECORDS
     assert due_records(1.0, 10.0, 10) == 0
