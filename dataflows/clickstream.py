@@ -21,7 +21,7 @@ from connectors.generator import GeneratorConfig, GeneratorSource
 from connectors.kafka import DLQ_PART, KafkaDeadLetterSink, KafkaSource
 from dataflows.records import SourceItem
 from dataflows.settings import Settings, load_settings
-from dataflows.steps import PartitionWindowLogic, parse
+from dataflows.steps import Parse, PartitionWindowLogic
 from dataflows.windows import WindowConfig
 from waxhouse.errors import SettingsError
 from waxhouse.logs import configure_logging
@@ -59,7 +59,7 @@ def build_flow(settings: Settings) -> Dataflow:
         )
     # (source partition, batch of raw records | idle tick)
     batches = op.input("input", flow, source)
-    parsed = op.map_value("parse", batches, parse)
+    parsed = op.map_value("parse", batches, Parse(settings.max_future_ms))
     windows = WindowConfig(
         window_ms=settings.window_ms,
         lateness_ms=settings.lateness_ms,

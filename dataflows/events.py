@@ -1,8 +1,9 @@
 """The input event model and its parser.
 
 Parsing is errors-as-data: every record becomes either an `Event` or a `DeadLetterRow`
-with a reason (`invalid_json` or `invalid_event`) and an error naming the field. It never
-raises on bad input.
+with a reason (`invalid_json` or `invalid_event`, with an error naming the field; or
+`future`: a valid event dated too far ahead of its record's timestamp, see
+`parse_batch`). It never raises on bad input.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataflows.rows import DeadLetterRow
 
 EventType = Literal["page_view", "click", "add_to_cart", "purchase"]
 EVENT_TYPES: frozenset[str] = frozenset(("page_view", "click", "add_to_cart", "purchase"))
-DeadLetterReason = Literal["invalid_json", "invalid_event", "late"]
+DeadLetterReason = Literal["invalid_json", "invalid_event", "future", "late"]
 
 MAX_TS_MS = 253402300799999
 MAX_VALUE = 1e9
+DEFAULT_MAX_FUTURE_MS = 3_600_000
 
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
@@ -145,9 +147,18 @@ def _event(obj: dict[str, object], offset: int, payload: bytes, received_at_ms: 
 
 
 def parse_record(
-    value: bytes | None, part: str, offset: int, received_at_ms: int
+    value: bytes | None,
+    part: str,
+    offset: int,
+    received_at_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
 ) -> Event | DeadLetterRow:
-    """One record's bytes -> an event, or a dead letter saying why not."""
+    """One record's bytes -> an event, or a dead letter saying why not.
+
+    A valid event whose `ts` is more than `max_future_ms` ahead of its record's timestamp
+    is a dead letter `future` (a device clock in 2099 must not make every later event of
+    its partition late). A record without a timestamp (negative) is not checked.
+    """
     payload = value if value is not None else b""
     source = record_source(part, offset)
     try:
@@ -158,13 +169,23 @@ def parse_record(
         error = f"expected a JSON object, got {type(obj).__name__}"
         return DeadLetterRow(source, "invalid_json", error, payload, received_at_ms)
     try:
-        return _event(obj, offset, payload, received_at_ms)
+        event = _event(obj, offset, payload, received_at_ms)
     except InvalidField as e:
         return DeadLetterRow(source, "invalid_event", str(e), payload, received_at_ms)
+    ahead_ms = event.ts - received_at_ms
+    if received_at_ms >= 0 and ahead_ms > max_future_ms:
+        error = (
+            f"ts: {ahead_ms / 1000:.3f} s ahead of the record's timestamp "
+            f"(at most {max_future_ms / 1000:g} s allowed)"
+        )
+        return DeadLetterRow(source, "future", error, payload, received_at_ms)
+    return event
 
 
-def parse_batch(batch: InputBatch) -> tuple[list[Event], list[DeadLetterRow]]:
-    """Parse a whole batch, keeping partition order.
+def parse_batch(
+    batch: InputBatch, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+) -> tuple[list[Event], list[DeadLetterRow]]:
+    """Parse a whole batch, keeping partition order; `parse_record` says what is valid.
 
     The hot loop: a record that plainly satisfies every rule becomes an `Event` inline;
     anything else (a missing or odd field, a string `ts`, bad JSON) goes through
@@ -197,6 +218,7 @@ def parse_batch(batch: InputBatch) -> tuple[list[Event], list[DeadLetterRow]]:
         if (
             type(ts) is int
             and 0 <= ts <= MAX_TS_MS
+            and ts - received_at_ms <= max_future_ms
             and type(event_id) is str
             and type(user_id) is str
             and type(page) is str
@@ -219,7 +241,7 @@ def parse_batch(batch: InputBatch) -> tuple[list[Event], list[DeadLetterRow]]:
                 record = (event_id, user_id, kind, page, ts, cents, offset, value, received_at_ms)
                 append(new(Event, record))
                 continue
-        parsed = parse_record(value, part, offset, received_at_ms)
+        parsed = parse_record(value, part, offset, received_at_ms, max_future_ms)
         if type(parsed) is Event:
             append(parsed)
         else:

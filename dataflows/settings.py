@@ -60,6 +60,7 @@ class Settings:
     window_seconds: int = 60
     allowed_lateness_seconds: int = 10
     session_gap_seconds: int = 1800
+    event_max_future_seconds: int = 3600
     generator_events: int = DEFAULT_GENERATOR_EVENTS
     generator_rate: float = 0.0
     generator_seed: int = DEFAULT_GENERATOR_SEED
@@ -76,6 +77,8 @@ class Settings:
             raise SettingsError("ALLOWED_LATENESS_SECONDS must be 0 or more")
         if self.session_gap_seconds <= 0:
             raise SettingsError("SESSION_GAP_SECONDS must be a positive whole number of seconds")
+        if self.event_max_future_seconds < 0:
+            raise SettingsError("EVENT_MAX_FUTURE_SECONDS must be 0 or more seconds")
         if self.clickhouse_retry_seconds < 0:
             raise SettingsError("CLICKHOUSE_RETRY_SECONDS must be 0 or more seconds")
         if self.generator_events < 0:
@@ -101,6 +104,10 @@ class Settings:
     def session_gap_ms(self) -> int:
         return self.session_gap_seconds * 1000
 
+    @property
+    def max_future_ms(self) -> int:
+        return self.event_max_future_seconds * 1000
+
     def describe(self) -> dict[str, object]:
         """The effective configuration, safe to log: no password in it."""
         return {
@@ -118,6 +125,7 @@ class Settings:
             "window_seconds": self.window_seconds,
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
             "session_gap_seconds": self.session_gap_seconds,
+            "event_max_future_seconds": self.event_max_future_seconds,
             "generator_events": self.generator_events,
             "generator_rate": self.generator_rate,
             "generator_seed": self.generator_seed,
@@ -224,6 +232,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         window_seconds=_int(env, "WINDOW_SECONDS", 60),
         allowed_lateness_seconds=_int(env, "ALLOWED_LATENESS_SECONDS", 10),
         session_gap_seconds=_int(env, "SESSION_GAP_SECONDS", 1800),
+        event_max_future_seconds=_int(env, "EVENT_MAX_FUTURE_SECONDS", 3600),
         generator_events=_int(env, "GENERATOR_EVENTS", DEFAULT_GENERATOR_EVENTS),
         generator_rate=_float(env, "GENERATOR_RATE", 0.0),
         generator_seed=_int(env, "GENERATOR_SEED", DEFAULT_GENERATOR_SEED),

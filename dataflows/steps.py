@@ -16,7 +16,7 @@ from connectors.metrics import (
     WATERMARK_LAG,
     WINDOW_ROWS,
 )
-from dataflows.events import Event, parse_batch
+from dataflows.events import DEFAULT_MAX_FUTURE_MS, Event, parse_batch
 from dataflows.records import IdleTick, SourceItem
 from dataflows.rows import DeadLetterRow, RowBatch
 from dataflows.windows import PartitionWindows, WindowConfig
@@ -32,15 +32,23 @@ class ParsedBatch:
 WindowInput = ParsedBatch | IdleTick
 
 
-def parse(item: SourceItem) -> WindowInput:
-    """Raw batch -> events and dead letters; idle ticks pass through."""
-    if isinstance(item, IdleTick):
-        return item
-    events, dead = parse_batch(item)
-    EVENTS_PARSED.inc(len(events))
-    for row in dead:
-        DEAD_LETTERS.labels(reason=row.reason).inc()
-    return ParsedBatch(item.part, events, dead)
+@dataclass(frozen=True)
+class Parse:
+    """The parse step: raw batch -> events and dead letters; idle ticks pass through.
+
+    `max_future_ms`: how far an event's time may be ahead of its record's timestamp.
+    """
+
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+
+    def __call__(self, item: SourceItem) -> WindowInput:
+        if isinstance(item, IdleTick):
+            return item
+        events, dead = parse_batch(item, self.max_future_ms)
+        EVENTS_PARSED.inc(len(events))
+        for row in dead:
+            DEAD_LETTERS.labels(reason=row.reason).inc()
+        return ParsedBatch(item.part, events, dead)
 
 
 class PartitionWindowLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):

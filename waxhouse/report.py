@@ -13,7 +13,7 @@ from waxhouse.runargs import bytewax_run_args, is_cluster
 
 logger = logging.getLogger(__name__)
 
-_REASONS = ("invalid_json", "invalid_event", "late")
+_REASONS = ("invalid_json", "invalid_event", "future", "late")
 EXAMPLE_QUERY = (
     "SELECT page, sum(views) AS views, sum(purchases) AS purchases, sum(revenue) AS revenue "
     "FROM page_stats GROUP BY page ORDER BY views DESC LIMIT 5"
@@ -42,7 +42,8 @@ class RunReport:
             reason: _metric("waxhouse_dead_letters_total", {"reason": reason})
             for reason in _REASONS
         }
-        records = events + rejected["invalid_json"] + rejected["invalid_event"]
+        # Late events are among the valid ones; the other reasons are records of their own.
+        records = events + sum(n for reason, n in rejected.items() if reason != "late")
         counts = {
             table: client.command(f"SELECT count() FROM {table}")  # noqa: S608 - fixed names
             for table in ("page_stats", "user_sessions", "dead_letters")

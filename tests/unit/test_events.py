@@ -43,17 +43,25 @@ _MISSING = object()
 ARABIC_INDIC = {str(d): chr(0x0660 + d) for d in range(10)}
 
 
-def parse(value: bytes | None) -> Event | DeadLetterRow:
+RECORD_MS = 1_767_225_601_234  # the record's timestamp: 1.234 s after VALID's ts
+
+
+def parse(
+    value: bytes | None, received_at_ms: int = RECORD_MS, max_future_ms: int = 3_600_000
+) -> Event | DeadLetterRow:
     """Through the batch parser's hot loop, which must agree with the record parser."""
-    events, dead = parse_batch(InputBatch("events/0", [7], [value], [1234]))
+    batch = InputBatch("events/0", [7], [value], [received_at_ms])
+    events, dead = parse_batch(batch, max_future_ms)
     [parsed] = [*events, *dead]
-    assert parsed == parse_record(value, "events/0", 7, 1234)
+    assert parsed == parse_record(value, "events/0", 7, received_at_ms, max_future_ms)
     return parsed
 
 
 def test_valid_event_keeps_every_field_and_its_record() -> None:
     event = parse(record())
-    assert event == Event("e1", "u1", "purchase", "/p", 1_767_225_600_000, 1999, 7, record(), 1234)
+    assert event == Event(
+        "e1", "u1", "purchase", "/p", 1_767_225_600_000, 1999, 7, record(), RECORD_MS
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,7 +111,7 @@ def test_field_rule_broken_is_invalid_event_naming_the_field(raw: bytes, error_f
     assert isinstance(dead, DeadLetterRow)
     assert dead.reason == "invalid_event"
     assert dead.error.startswith(f"{error_field}:")
-    assert (dead.source, dead.payload, dead.received_at_ms) == ("events/0/7", raw, 1234)
+    assert (dead.source, dead.payload, dead.received_at_ms) == ("events/0/7", raw, RECORD_MS)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +164,7 @@ def test_missing_value_is_invalid_json_for_none_payload() -> None:
 )
 def test_timestamp_forms(ts: object, expected: int) -> None:
     assert parse_timestamp(ts) == expected
-    event = parse(record(ts=ts))
+    event = parse(record(ts=ts), received_at_ms=expected)
     assert isinstance(event, Event)
     assert event.ts == expected
 
@@ -182,6 +190,47 @@ def test_value_is_summed_as_integer_cents(value: object, cents: int) -> None:
     assert event.cents == cents
 
 
+HOUR_MS = 3_600_000
+TS = VALID["ts"]
+ISO_TS = "2026-01-01T00:00:00Z"  # the same instant as TS
+
+
+@pytest.mark.parametrize(
+    ("ts", "received_at_ms", "max_future_ms", "future"),
+    [
+        (TS, TS - HOUR_MS, HOUR_MS, False),  # exactly the allowed skew ahead
+        (TS, TS - HOUR_MS - 1, HOUR_MS, True),  # one millisecond more
+        (ISO_TS, TS - HOUR_MS - 1, HOUR_MS, True),  # a string ts, through the full parser
+        (ISO_TS, TS - HOUR_MS, HOUR_MS, False),
+        (TS, TS - 1, 0, True),  # no skew allowed at all
+        (TS, TS, 0, False),
+        (TS, TS + 86_400_000, HOUR_MS, False),  # behind the record time: lateness decides
+        (4_102_444_800_000, RECORD_MS, HOUR_MS, True),  # a device clock in 2100
+        (TS, -1, HOUR_MS, False),  # a record without a timestamp is not checked
+    ],
+)
+def test_an_event_too_far_ahead_of_its_record_is_future(
+    ts: object, received_at_ms: int, max_future_ms: int, future: bool
+) -> None:
+    parsed = parse(record(ts=ts), received_at_ms, max_future_ms)
+    if not future:
+        assert isinstance(parsed, Event) and parsed.ts == TS
+        return
+    assert isinstance(parsed, DeadLetterRow)
+    assert (parsed.reason, parsed.source, parsed.received_at_ms) == (
+        "future",
+        "events/0/7",
+        received_at_ms,
+    )
+    assert parsed.error.startswith("ts: ") and "ahead of the record's timestamp" in parsed.error
+
+
+def test_a_future_event_is_checked_after_the_field_rules() -> None:
+    """One reason per record: a broken field wins over the skew."""
+    parsed = parse(record(ts=4_102_444_800_000, type="refund"))
+    assert isinstance(parsed, DeadLetterRow) and parsed.reason == "invalid_event"
+
+
 def test_unknown_fields_are_ignored_and_unicode_kept() -> None:
     event = parse(record(page="/café/日本語-🙂", extra={"nested": [1, 2]}))
     assert isinstance(event, Event)
@@ -190,10 +239,11 @@ def test_unknown_fields_are_ignored_and_unicode_kept() -> None:
 
 def test_parse_batch_keeps_partition_order_and_names_sources() -> None:
     values = [record(event_id="a"), b"nope", record(event_id="b", ts="2026-01-01T00:00:00Z")]
-    batch = InputBatch("events/3", [10, 11, 12], values, [1, 2, 3])
+    stamps = [RECORD_MS + 1, RECORD_MS + 2, RECORD_MS + 3]
+    batch = InputBatch("events/3", [10, 11, 12], values, stamps)
     events, dead = parse_batch(batch)
     assert [e.event_id for e in events] == ["a", "b"]
-    assert [(e.offset, e.received_at_ms) for e in events] == [(10, 1), (12, 3)]
+    assert [(e.offset, e.received_at_ms) for e in events] == [(10, stamps[0]), (12, stamps[2])]
     assert [(d.source, d.reason) for d in dead] == [("events/3/11", "invalid_json")]
 
 

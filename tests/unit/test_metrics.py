@@ -14,9 +14,11 @@ from connectors.clickhouse import ClickHouseWriter, Retrier, RetryPolicy
 from connectors.metrics import WatermarkLag, observe_freshness
 from dataflows.records import InputBatch
 from dataflows.rows import PageStatsRow, RowBatch, SessionRow
-from dataflows.steps import PartitionWindowLogic, parse
+from dataflows.steps import Parse, PartitionWindowLogic
 from dataflows.windows import WindowConfig
 from waxhouse.errors import SinkError
+
+parse = Parse()
 
 W, L, GAP = 60_000, 10_000, 1_800_000
 
@@ -30,7 +32,7 @@ def batch(part: str, events: list[dict[str, Any]], first_offset: int = 0) -> Inp
         part,
         list(range(first_offset, first_offset + len(events))),
         [orjson.dumps(e) for e in events],
-        [0] * len(events),
+        [e["ts"] for e in events],  # record times: each event's own
     )
 
 

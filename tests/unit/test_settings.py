@@ -31,6 +31,14 @@ def test_defaults_are_embedded_mode_with_the_local_store() -> None:
     assert settings.kafka_starting_offset == "earliest"
     assert settings.kafka_stop_at_end is False
     assert settings.kafka_client == "kafka-python"
+    assert settings.max_future_ms == 3_600_000
+
+
+def test_the_clock_skew_guard_is_set_in_seconds() -> None:
+    settings = load_settings({"EVENT_MAX_FUTURE_SECONDS": "90"})
+    assert settings.max_future_ms == 90_000
+    assert settings.describe()["event_max_future_seconds"] == 90
+    assert load_settings({"EVENT_MAX_FUTURE_SECONDS": "0"}).max_future_ms == 0
 
 
 @pytest.mark.parametrize(
@@ -110,6 +118,8 @@ def test_secrets_never_show_in_repr_or_description() -> None:
         ({"WINDOW_SECONDS": "0"}, "WINDOW_SECONDS"),
         ({"ALLOWED_LATENESS_SECONDS": "-1"}, "ALLOWED_LATENESS_SECONDS"),
         ({"SESSION_GAP_SECONDS": "1.5"}, "SESSION_GAP_SECONDS"),
+        ({"EVENT_MAX_FUTURE_SECONDS": "-1"}, "EVENT_MAX_FUTURE_SECONDS"),
+        ({"EVENT_MAX_FUTURE_SECONDS": "an hour"}, "EVENT_MAX_FUTURE_SECONDS"),
         ({"KAFKA_STARTING_OFFSET": "middle"}, "KAFKA_STARTING_OFFSET"),
         ({"KAFKA_STOP_AT_END": "maybe"}, "KAFKA_STOP_AT_END"),
         ({"CLICKHOUSE_CREATE_SCHEMA": "later"}, "CLICKHOUSE_CREATE_SCHEMA"),
