@@ -1,10 +1,9 @@
 """Kafka I/O on kafka-python: a partitioned Bytewax source and the dead-letter sink.
 
-The source has one Bytewax partition per Kafka partition. Its snapshot is the next offset
-to read, so a resumed flow continues exactly after what it had emitted; without recovery
-state a partition starts at `earliest` or `latest`. Each poll becomes one `InputBatch`.
-In bounded mode a partition stops at the end offset it saw when it was built. A live,
-caught-up partition emits `IdleTick`s so idle windows still close.
+The source adapts kafka-python's consumer to `connectors.kafka_reader`, which holds the
+partition state machine both Kafka clients share (offsets, bounded mode, idle ticks, new
+partitions). Reads are `read_committed`; every codec kafka-python knows (gzip, snappy,
+lz4, zstd) decodes with the pinned codec packages.
 """
 
 from __future__ import annotations
@@ -12,10 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import (
@@ -25,23 +22,23 @@ from kafka.errors import (
     KafkaTimeoutError,
 )
 
-from connectors.metrics import CONSUMER_LAG, DLQ_RECORDS, RECORDS_CONSUMED
-from dataflows.records import IdleTick, InputBatch, SourceItem
+from connectors.kafka_reader import (
+    FETCH_MAX_WAIT_MS,
+    METADATA_MAX_AGE_S,
+    FetchAnswer,
+    Fetched,
+    KafkaTopicSource,
+)
+from connectors.metrics import DLQ_RECORDS
 from dataflows.rows import DeadLetterRow
-from dataflows.settings import StartingOffset
 from waxhouse.errors import SinkError, SourceError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-KeyedItem = tuple[str, SourceItem]
-
 _METADATA_TIMEOUT_S = 60.0
 _UNREACHABLE_TIMEOUT_S = 300.0
-_FETCH_WAIT = timedelta(milliseconds=5)  # a fetch is in flight: look again soon
-_CAUGHT_UP_WAIT = timedelta(milliseconds=50)  # nothing new: poll gently
-_IDLE_TICK_EVERY_S = 0.2
 _DLQ_MAX_PENDING = 10_000  # letters sent but not yet known to be acknowledged
 
 
@@ -93,7 +90,16 @@ def _consumer(bootstrap: str, options: Mapping[str, object]) -> KafkaConsumer:
             bootstrap_servers=bootstrap,
             group_id=None,
             enable_auto_commit=False,
+            # A position that retention deleted under a running reader continues at the
+            # earliest offset; aborted and open transactions are never read.
             auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            metadata_max_age_ms=int(METADATA_MAX_AGE_S * 1000),  # notice new partitions
+            # Every fetch answer names the partition with its last stable offset (an
+            # incremental fetch session leaves out partitions that did not change): see
+            # _KafkaPythonClient. One partition per consumer, so this costs nothing.
+            enable_incremental_fetch_sessions=False,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # how often a caught-up partition hears
             max_poll_records=10_000,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
@@ -102,108 +108,78 @@ def _consumer(bootstrap: str, options: Mapping[str, object]) -> KafkaConsumer:
     )
 
 
-class _KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
-    def __init__(
-        self,
-        consumer: KafkaConsumer,
-        tp: TopicPartition,
-        part: str,
-        next_offset: int,
-        stop_at: int | None,
-    ) -> None:
+class _KafkaPythonClient:
+    """A kafka-python consumer assigned to one partition, as a `PartitionClient`.
+
+    kafka-python keeps no record of when a fetch answered, so the client wraps its
+    fetcher's response handler (kafka-python 3.0's `Fetcher._handle_fetch_response`,
+    looked up per request) to note each successful answer's last stable offset and time.
+    """
+
+    def __init__(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
         self._consumer = consumer
         self._tp = tp
-        self._part = part
-        self._next_offset = next_offset
-        self._stop_at = stop_at
-        self._last_data = time.monotonic()
-        self._last_tick = 0.0
-        self._wait: timedelta | None = None
-        self._consumed = RECORDS_CONSUMED.labels(topic=tp.topic, partition=str(tp.partition))
-        self._lag = CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition))
+        self._answer: FetchAnswer | None = None
+        fetcher = getattr(consumer, "_fetcher", None)
+        handle = getattr(fetcher, "_handle_fetch_response", None)
+        if handle is None:
+            raise SourceError("this kafka-python version has no Fetcher._handle_fetch_response")
 
-    def _done(self) -> bool:
-        return self._stop_at is not None and self._next_offset >= self._stop_at
+        def observe(node_id: int, fetch_offsets: Any, send_time: float, response: Any) -> Any:
+            self._note(response)
+            return handle(node_id, fetch_offsets, send_time, response)
 
-    def next_batch(self) -> list[KeyedItem]:
-        if self._done():
-            raise StopIteration
-        polled = self._consumer.poll(timeout_ms=0, max_records=10_000)
-        records = polled.get(self._tp, [])
-        highwater = self._consumer.highwater(self._tp)
+        fetcher._handle_fetch_response = observe  # type: ignore[union-attr]
+
+    def _note(self, response: Any) -> None:
+        tp = self._tp
+        for topic_data in response.responses:
+            if topic_data.topic != tp.topic:
+                continue
+            for data in topic_data.partitions:
+                if data.partition_index == tp.partition and data.error_code == 0:
+                    stable = getattr(data, "last_stable_offset", -1)
+                    end = stable if stable >= 0 else data.high_watermark
+                    self._answer = FetchAnswer(time.monotonic(), end)
+
+    def seek(self, offset: int) -> None:
+        self._consumer.seek(self._tp, offset)
+
+    def fetch(self, max_records: int) -> Fetched | None:
+        records = self._consumer.poll(timeout_ms=0, max_records=max_records).get(self._tp)
         if not records:
-            caught_up = highwater is not None and self._next_offset >= highwater
-            self._wait = _CAUGHT_UP_WAIT if caught_up else _FETCH_WAIT
-            if highwater is not None:
-                self._lag.set(max(0, highwater - self._next_offset))
-            return self._idle_tick(highwater)
-        self._wait = None
-        self._last_data = time.monotonic()
-        if self._stop_at is not None:
-            records = [r for r in records if r.offset < self._stop_at]
-        if not records:  # all past the stop offset
-            self._next_offset = self._stop_at or self._next_offset
-            return []
-        batch = InputBatch(
-            self._part,
+            return None
+        return Fetched(
             [r.offset for r in records],
             [r.value for r in records],
             [r.timestamp for r in records],
         )
-        self._next_offset = batch.offsets[-1] + 1
-        self._consumed.inc(len(batch))
-        if highwater is not None:
-            self._lag.set(max(0, highwater - self._next_offset))
-        return [(self._part, batch)]
 
-    def _idle_tick(self, highwater: int | None) -> list[KeyedItem]:
-        """A live partition that has read all there is lets wall-clock time pass."""
-        if self._stop_at is not None or highwater is None or self._next_offset < highwater:
-            return []
-        now = time.monotonic()
-        if now - self._last_tick < _IDLE_TICK_EVERY_S:
-            return []
-        self._last_tick = now
-        idle_ms = int((now - self._last_data) * 1000)
-        return [(self._part, IdleTick(self._part, idle_ms))]
+    def position(self) -> int | None:
+        return self._consumer.position(self._tp)
 
-    def next_awake(self) -> datetime | None:
-        if self._wait is None:
-            return None
-        return datetime.now(timezone.utc) + self._wait
+    def answer(self) -> FetchAnswer | None:
+        return self._answer
 
-    def snapshot(self) -> int:
-        return self._next_offset
+    def partition_count(self) -> int | None:
+        partitions = self._consumer.partitions_for_topic(self._tp.topic)
+        return len(partitions) if partitions else None
 
     def close(self) -> None:
         self._consumer.close()
 
 
-class KafkaSource(FixedPartitionedSource[KeyedItem, int]):
-    """Every partition of one topic, each resumable from its next offset."""
+class KafkaSource(KafkaTopicSource):
+    """Every partition of one topic, read with kafka-python (`read_committed`)."""
 
-    def __init__(
-        self,
-        bootstrap_servers: str,
-        topic: str,
-        starting_offset: StartingOffset = "earliest",
-        stop_at_end: bool = False,
-        client_options: Mapping[str, object] | None = None,
-    ) -> None:
-        self._bootstrap = bootstrap_servers
-        self._topic = topic
-        self._starting_offset = starting_offset
-        self._stop_at_end = stop_at_end
-        self._options = dict(client_options or {})
-
-    def list_parts(self) -> list[str]:
+    def _partitions(self) -> list[int]:
         consumer = _consumer(self._bootstrap, self._options)
         try:
             deadline = time.monotonic() + _METADATA_TIMEOUT_S
             while True:
                 partitions = consumer.partitions_for_topic(self._topic)
                 if partitions:
-                    return [f"{self._topic}/{p}" for p in sorted(partitions)]
+                    return sorted(partitions)
                 if time.monotonic() > deadline:
                     raise SourceError(
                         f"Kafka topic {self._topic!r} not found at {self._bootstrap} "
@@ -214,43 +190,26 @@ class KafkaSource(FixedPartitionedSource[KeyedItem, int]):
         finally:
             consumer.close()
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
-        topic, _, partition = for_part.rpartition("/")
-        tp = TopicPartition(topic, int(partition))
+    def _open(self, partition: int, part: str) -> tuple[_KafkaPythonClient, int, int]:
+        tp = TopicPartition(self._topic, partition)
         consumer = _consumer(self._bootstrap, self._options)
         try:
             consumer.assign([tp])
+            client = _KafkaPythonClient(consumer, tp)
             # Explicit ListOffsets lookups: a lazy seek_to_beginning() can fall back to the
             # consumer's reset policy when the lookup fails, silently skipping the backlog.
+            # Read committed, the end is the last stable offset.
             first, end = _while_unreachable(
-                f"looking up the offsets of {for_part}",
+                f"looking up the offsets of {part}",
                 lambda: (consumer.beginning_offsets([tp])[tp], consumer.end_offsets([tp])[tp]),
             )
-            if resume_state is not None:
-                next_offset = resume_state
-                if resume_state < first:
-                    logger.warning(
-                        "partition %s: resume offset %d was deleted by retention; continuing at %d",
-                        for_part,
-                        resume_state,
-                        first,
-                    )
-                    next_offset = first
-            else:
-                next_offset = first if self._starting_offset == "earliest" else end
-            consumer.seek(tp, next_offset)
-            stop_at = end if self._stop_at_end else None
         except KafkaError as e:
             consumer.close()
-            raise SourceError(f"cannot open Kafka partition {for_part}: {e}") from e
-        logger.info(
-            "partition %s starts at offset %d (%s)%s",
-            for_part,
-            next_offset,
-            "resumed" if resume_state is not None else self._starting_offset,
-            f", stops at {stop_at}" if stop_at is not None else "",
-        )
-        return _KafkaPartition(consumer, tp, for_part, next_offset, stop_at)
+            raise SourceError(f"cannot open Kafka partition {part}: {e}") from e
+        except BaseException:
+            consumer.close()
+            raise
+        return client, first, end
 
 
 DLQ_PART = "dlq"

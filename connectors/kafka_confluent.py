@@ -1,12 +1,11 @@
 """Kafka source on confluent-kafka (librdkafka), chosen with `KAFKA_CLIENT=confluent`.
 
-The same contract as `connectors.kafka.KafkaSource`: one Bytewax partition per Kafka
-partition, whose snapshot is the next offset to read; `earliest`/`latest` without recovery
-state; in bounded mode a partition stops at the end offset it saw when it was built; a
-live, caught-up partition emits `IdleTick`s. librdkafka decodes records in C and prefetches
-in the background, which reads several times as fast as kafka-python's pure-Python
-decoding. Only the flow imports this module, and only when it is selected, so kafka-python
-users need not install confluent-kafka (the `confluent` extra).
+The same contract as `connectors.kafka.KafkaSource`: both adapt their consumer to
+`connectors.kafka_reader`, the partition state machine they share. librdkafka decodes
+records in C and prefetches in the background, which reads several times as fast as
+kafka-python's pure-Python decoding. Only the flow imports this module, and only when it
+is selected, so kafka-python users need not install confluent-kafka (the `confluent`
+extra).
 """
 
 from __future__ import annotations
@@ -14,15 +13,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.kafka import retry_while_unreachable
-from connectors.metrics import CONSUMER_LAG, RECORDS_CONSUMED
-from dataflows.records import IdleTick, InputBatch, SourceItem
+from connectors.kafka_reader import (
+    FETCH_MAX_WAIT_MS,
+    METADATA_MAX_AGE_S,
+    FetchAnswer,
+    Fetched,
+    KafkaTopicSource,
+)
 from dataflows.settings import StartingOffset
 from waxhouse.errors import SourceError
 
@@ -31,15 +34,9 @@ _librdkafka_logger = logging.getLogger(f"{__name__}.librdkafka")  # its own log 
 
 T = TypeVar("T")
 
-KeyedItem = tuple[str, SourceItem]
-
 _METADATA_TIMEOUT_S = 60.0
 _UNREACHABLE_TIMEOUT_S = 300.0
 _REQUEST_TIMEOUT_S = 10.0
-_MAX_BATCH = 10_000
-_FETCH_WAIT = timedelta(milliseconds=5)  # nothing queued yet: look again soon
-_CAUGHT_UP_WAIT = timedelta(milliseconds=50)  # nothing new: poll gently
-_IDLE_TICK_EVERY_S = 0.2
 _CLIENT_ERROR_EVERY_S = 30.0
 
 # kafka-python keyword (as `KafkaSecurity.client_options()` makes them) -> librdkafka name.
@@ -100,11 +97,16 @@ def _consumer_config(
         "group.id": "waxhouse",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "enable.partition.eof": False,
+        # End-of-partition events carry the position past transaction markers and
+        # aborted batches (see `_ConfluentClient`).
+        "enable.partition.eof": True,
         # As kafka.py's consumer: a position that retention deleted under a running reader
-        # continues at the earliest offset, and uncommitted transactional records are read.
+        # continues at the earliest offset; aborted and open transactions are never read.
         "auto.offset.reset": "earliest",
-        "isolation.level": "read_uncommitted",
+        "isolation.level": "read_committed",
+        "statistics.interval.ms": FETCH_MAX_WAIT_MS,
+        "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
+        "topic.metadata.refresh.interval.ms": int(METADATA_MAX_AGE_S * 1000),
         # Measured: ~418k records/s with a deep prefetch queue and large fetches, ~171k/s
         # with librdkafka's defaults.
         "queued.min.messages": 1_000_000,
@@ -192,80 +194,81 @@ class _ClientErrors:
         )
 
 
-class _ConfluentPartition(StatefulSourcePartition[KeyedItem, int]):
-    def __init__(
-        self,
-        consumer: Any,
-        tp: Any,
-        part: str,
-        next_offset: int,
-        stop_at: int | None,
-        errors: _ClientErrors,
-    ) -> None:
+class _ConfluentClient:
+    """A librdkafka consumer assigned to one partition, as a `PartitionClient`.
+
+    - Position: librdkafka's own `position()` runs one past an end-of-partition event, so
+      the client tracks it: one past the last record returned, or the offset of the
+      latest end-of-partition event (`enable.partition.eof`), which lies past any
+      transaction markers and aborted batches.
+    - Answers: from librdkafka's statistics (`stats_cb`, every `FETCH_MAX_WAIT_MS`): the
+      partition's last stable offset, and when the connection to its leader last received
+      anything (`ts - rxidle`, on the same monotonic clock as Python's), while the
+      partition is fetching. A cut connection stops `rxidle` from resetting.
+    - Partition count: the topic's partitions in those statistics (metadata refreshed
+      every `METADATA_MAX_AGE_S`).
+    """
+
+    def __init__(self, consumer: Any, tp: Any, part: str, errors: _ClientErrors) -> None:
         self._consumer = consumer
         self._tp = tp
         self._part = part
-        self._next_offset = next_offset
-        self._stop_at = stop_at
         self._errors = errors
-        self._last_data = time.monotonic()
-        self._last_tick = 0.0
-        self._wait: timedelta | None = None
-        self._consumed = RECORDS_CONSUMED.labels(topic=tp.topic, partition=str(tp.partition))
-        self._lag = CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition))
+        self._after_last: int | None = None
+        self._answer: FetchAnswer | None = None
+        self._partitions: int | None = None
 
-    def _done(self) -> bool:
-        return self._stop_at is not None and self._next_offset >= self._stop_at
+    def on_stats(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        partitions = stats.get("topics", {}).get(self._tp.topic, {}).get("partitions", {})
+        ids = [p for p in partitions if p != "-1"]
+        if ids:
+            self._partitions = len(ids)
+        found = partitions.get(str(self._tp.partition))
+        if found is None or found.get("fetch_state") != "active":
+            return
+        end = found.get("ls_offset", -1)
+        leader = found.get("leader")
+        for broker in stats.get("brokers", {}).values():
+            if broker.get("nodeid") != leader or broker.get("state") != "UP":
+                continue
+            rxidle = broker.get("rxidle", -1)
+            if rxidle >= 0 and end >= 0:
+                self._answer = FetchAnswer((stats["ts"] - rxidle) / 1e6, end)
 
-    def next_batch(self) -> list[KeyedItem]:
-        if self._done():
-            raise StopIteration
+    def seek(self, offset: int) -> None:
+        # Explicit assignment at an absolute offset: no group join, no committed offset.
+        self._consumer.assign([TopicPartition(self._tp.topic, self._tp.partition, offset)])
+
+    def fetch(self, max_records: int) -> Fetched | None:
         if self._errors.fatal is not None:
             fatal = self._errors.fatal
             raise SourceError(
                 f"Kafka partition {self._part}: fatal client error {fatal.name()}: {fatal.str()}"
             ) from KafkaException(fatal)
         try:
-            messages = self._consumer.consume(num_messages=_MAX_BATCH, timeout=0)
+            messages = self._consumer.consume(num_messages=max_records, timeout=0)
         except KafkaException as e:
             raise SourceError(
                 f"consuming Kafka partition {self._part} failed: {_describe(e)}"
             ) from e
         if [m for m in messages if m.error() is not None]:
             messages = self._without_errors(messages)
-        highwater = self._highwater()
         if not messages:
-            caught_up = highwater is not None and self._next_offset >= highwater
-            self._wait = _CAUGHT_UP_WAIT if caught_up else _FETCH_WAIT
-            if highwater is not None:
-                self._lag.set(max(0, highwater - self._next_offset))
-            return self._idle_tick(highwater)
-        self._wait = None
-        self._last_data = time.monotonic()
-        if self._stop_at is not None and messages[-1].offset() >= self._stop_at:
-            stop_at = self._stop_at
-            messages = [m for m in messages if m.offset() < stop_at]
-            if not messages:  # all past the stop offset
-                self._next_offset = stop_at
-                return []
-        batch = InputBatch(
-            self._part,
+            return None
+        self._after_last = messages[-1].offset() + 1
+        return Fetched(
             [m.offset() for m in messages],
             [m.value() for m in messages],
             [m.timestamp()[1] for m in messages],
         )
-        self._next_offset = batch.offsets[-1] + 1
-        self._consumed.inc(len(batch))
-        if highwater is not None:
-            self._lag.set(max(0, highwater - self._next_offset))
-        return [(self._part, batch)]
 
     def _without_errors(self, messages: list[Any]) -> list[Any]:
         """The records among `messages`; the errors are dealt with.
 
-        End of partition is no news; an error librdkafka recovers from is logged; any other
-        (authorization, a deleted topic, a record too large to fetch) would stall the
-        partition for good, so it fails the flow.
+        End of partition moves the position; an error librdkafka recovers from is logged;
+        any other (authorization, a deleted topic, a record too large to fetch) would stall
+        the partition for good, so it fails the flow.
         """
         records = []
         for message in messages:
@@ -273,7 +276,7 @@ class _ConfluentPartition(StatefulSourcePartition[KeyedItem, int]):
             if error is None:
                 records.append(message)
             elif error.code() == KafkaError._PARTITION_EOF:
-                continue
+                self._after_last = max(self._after_last or 0, message.offset())
             elif not error.fatal() and (error.retriable() or error.code() in _TRANSIENT):
                 logger.warning(
                     "Kafka partition %s: %s (%s); the client retries",
@@ -287,45 +290,21 @@ class _ConfluentPartition(StatefulSourcePartition[KeyedItem, int]):
                 ) from KafkaException(error)
         return records
 
-    def _highwater(self) -> int | None:
-        """The end offset as of the consumer's last fetch response, without a request.
+    def position(self) -> int | None:
+        return self._after_last
 
-        None until the first response arrives: librdkafka reports OFFSET_INVALID (-1001)
-        until then, up to `fetch.wait.max.ms` after the assignment.
-        """
-        try:
-            found = self._consumer.get_watermark_offsets(self._tp, cached=True)
-        except KafkaException:
-            return None
-        if found is None or found[1] < 0:
-            return None
-        return int(found[1])
+    def answer(self) -> FetchAnswer | None:
+        return self._answer
 
-    def _idle_tick(self, highwater: int | None) -> list[KeyedItem]:
-        """A live partition that has read all there is lets wall-clock time pass."""
-        if self._stop_at is not None or highwater is None or self._next_offset < highwater:
-            return []
-        now = time.monotonic()
-        if now - self._last_tick < _IDLE_TICK_EVERY_S:
-            return []
-        self._last_tick = now
-        idle_ms = int((now - self._last_data) * 1000)
-        return [(self._part, IdleTick(self._part, idle_ms))]
-
-    def next_awake(self) -> datetime | None:
-        if self._wait is None:
-            return None
-        return datetime.now(timezone.utc) + self._wait
-
-    def snapshot(self) -> int:
-        return self._next_offset
+    def partition_count(self) -> int | None:
+        return self._partitions
 
     def close(self) -> None:
         self._consumer.close()
 
 
-class ConfluentKafkaSource(FixedPartitionedSource[KeyedItem, int]):
-    """Every partition of one topic, each resumable from its next offset (librdkafka)."""
+class ConfluentKafkaSource(KafkaTopicSource):
+    """Every partition of one topic, read with librdkafka (`read_committed`)."""
 
     def __init__(
         self,
@@ -334,18 +313,20 @@ class ConfluentKafkaSource(FixedPartitionedSource[KeyedItem, int]):
         starting_offset: StartingOffset = "earliest",
         stop_at_end: bool = False,
         client_options: Mapping[str, object] | None = None,
+        resumed: bool = False,
     ) -> None:
-        self._bootstrap = bootstrap_servers
-        self._topic = topic
-        self._starting_offset = starting_offset
-        self._stop_at_end = stop_at_end
-        self._options = librdkafka_options(client_options or {})
+        super().__init__(
+            bootstrap_servers,
+            topic,
+            starting_offset,
+            stop_at_end,
+            librdkafka_options(client_options or {}),
+            resumed,
+        )
 
-    def _config(self, errors: _ClientErrors) -> dict[str, Any]:
-        return _consumer_config(self._bootstrap, self._options, errors)
-
-    def list_parts(self) -> list[str]:
-        consumer = _open_consumer(self._config(_ClientErrors(f"listing topic {self._topic!r}")))
+    def _partitions(self) -> list[int]:
+        errors = _ClientErrors(f"listing topic {self._topic!r}")
+        consumer = _open_consumer(_consumer_config(self._bootstrap, self._options, errors))
         try:
             deadline = time.monotonic() + _METADATA_TIMEOUT_S
             while True:
@@ -355,7 +336,7 @@ class ConfluentKafkaSource(FixedPartitionedSource[KeyedItem, int]):
                 )
                 found = metadata.topics.get(self._topic)
                 if found is not None and found.partitions:
-                    return [f"{self._topic}/{p}" for p in sorted(found.partitions)]
+                    return sorted(found.partitions)
                 if time.monotonic() > deadline:
                     answer = found.error.name() if found is not None and found.error else "none"
                     raise SourceError(
@@ -369,53 +350,29 @@ class ConfluentKafkaSource(FixedPartitionedSource[KeyedItem, int]):
         finally:
             consumer.close()
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: int | None
-    ) -> _ConfluentPartition:
-        topic, _, partition = for_part.rpartition("/")
-        tp = TopicPartition(topic, int(partition))
-        errors = _ClientErrors(f"partition {for_part}")
-        consumer = _open_consumer(self._config(errors))
+    def _open(self, partition: int, part: str) -> tuple[_ConfluentClient, int, int]:
+        tp = TopicPartition(self._topic, partition)
+        errors = _ClientErrors(f"partition {part}")
+        client: _ConfluentClient | None = None
+
+        def on_stats(stats_json: str) -> None:
+            if client is not None:
+                client.on_stats(stats_json)
+
+        config = _consumer_config(self._bootstrap, self._options, errors)
+        consumer = _open_consumer({**config, "stats_cb": on_stats})
         try:
-            next_offset, stop_at = self._start(consumer, tp, for_part, resume_state)
-            # Explicit assignment at an absolute offset: no group join, no committed offset.
-            consumer.assign([TopicPartition(topic, tp.partition, next_offset)])
+            # Not a lazy `OFFSET_BEGINNING`/`OFFSET_END`: an absolute offset fixed here is
+            # what bounded mode stops at and what the start line reports. Read committed,
+            # the end is the last stable offset.
+            first, end = _while_unreachable(
+                f"looking up the offsets of {part}", lambda: _watermarks(consumer, tp)
+            )
         except KafkaException as e:
             consumer.close()
-            raise SourceError(f"cannot open Kafka partition {for_part}: {_describe(e)}") from e
+            raise SourceError(f"cannot open Kafka partition {part}: {_describe(e)}") from e
         except BaseException:
             consumer.close()
             raise
-        logger.info(
-            "partition %s starts at offset %d (%s)%s",
-            for_part,
-            next_offset,
-            "resumed" if resume_state is not None else self._starting_offset,
-            f", stops at {stop_at}" if stop_at is not None else "",
-        )
-        return _ConfluentPartition(consumer, tp, for_part, next_offset, stop_at, errors)
-
-    def _start(
-        self, consumer: Any, tp: Any, for_part: str, resume_state: int | None
-    ) -> tuple[int, int | None]:
-        """(next offset to read, stop offset or None), from an explicit offsets lookup.
-
-        Not a lazy `OFFSET_BEGINNING`/`OFFSET_END`: an absolute offset fixed here is what
-        bounded mode stops at and what the start line reports.
-        """
-        first, end = _while_unreachable(
-            f"looking up the offsets of {for_part}", lambda: _watermarks(consumer, tp)
-        )
-        if resume_state is not None:
-            next_offset = resume_state
-            if resume_state < first:
-                logger.warning(
-                    "partition %s: resume offset %d was deleted by retention; continuing at %d",
-                    for_part,
-                    resume_state,
-                    first,
-                )
-                next_offset = first
-        else:
-            next_offset = first if self._starting_offset == "earliest" else end
-        return next_offset, end if self._stop_at_end else None
+        client = _ConfluentClient(consumer, tp, part, errors)
+        return client, first, end

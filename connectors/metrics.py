@@ -22,8 +22,14 @@ RECORDS_CONSUMED = Counter(
 )
 CONSUMER_LAG = Gauge(
     "waxhouse_consumer_lag_records",
-    "End offset minus position, per source partition.",
+    "Last stable offset minus position, per source partition.",
     ["topic", "partition"],
+)
+UNREAD_PARTITIONS = Gauge(
+    "waxhouse_source_partitions_unread",
+    "Partitions a topic gained while the flow ran, which it does not read; the flow stops "
+    "shortly after this becomes non-zero, and its restart reads them.",
+    ["topic"],
 )
 EVENTS_PARSED = Counter(
     "waxhouse_events_parsed_total",
