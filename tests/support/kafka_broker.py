@@ -6,6 +6,17 @@ cache is missing or was made from another pom. The broker runs as a local JVM
 (``java -cp '<cache>/*' kafka.Kafka server.properties``) that listens on 127.0.0.1 only,
 with its configuration, data and log in a temporary directory.
 
+With the default properties (`server_properties`) it has, besides its PLAINTEXT listener
+(the default one, also used between broker and controller):
+
+- ``SASL_PLAINTEXT`` and ``SASL_SSL`` listeners authenticating with SCRAM-SHA-512: one user
+  with a random password, stored at format time (``--add-scram`` with the salted password,
+  so the password itself is on no command line and in no file), and a CA and broker
+  certificate made by `tests.support.tls` in the broker's directory;
+- a PLAINTEXT listener ``PROXIED`` that binds one port but is advertised at another, where
+  a test's `tests.support.tcp_proxy.TcpProxy` listens: a client that bootstraps through
+  the proxy is told to keep talking through it, so cutting the proxy partitions it.
+
 ``KafkaBroker.shutdown()``/``kill()`` followed by ``start()`` bring the same broker back on
 the same ports with the same data, which is what fault tests need; ``stop()`` ends it for
 good and deletes its directory.
@@ -19,6 +30,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import secrets
 import shutil
 import signal
 import socket
@@ -29,13 +41,15 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol
+from typing import IO, Literal, Protocol
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+
+from tests.support.tls import make_server_tls
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +91,79 @@ class TopicFactory(Protocol):
     def __call__(self, partitions: int = 1, *, prefix: str = "topic") -> str: ...
 
 
+SecuredProtocol = Literal["SASL_PLAINTEXT", "SASL_SSL"]
+SECURED_PROTOCOLS: tuple[SecuredProtocol, ...] = ("SASL_PLAINTEXT", "SASL_SSL")
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_ITERATIONS = 4096  # Kafka's minimum for SCRAM-SHA-512
+DEFAULT_SASL_USERNAME = "waxhouse-test"
+_SCRAM_JAAS = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
 @dataclass(frozen=True)
 class BrokerPorts:
-    """The two loopback ports of a combined broker + controller node."""
+    """The loopback ports of a combined broker + controller node.
+
+    `broker` is the PLAINTEXT listener's, `controller` the controller's. The default
+    properties also use `sasl_plaintext` and `sasl_ssl`, and bind the ``PROXIED`` listener
+    on `proxied` while advertising it at `proxy`, where nothing listens until a test starts
+    a proxy there.
+    """
 
     broker: int
     controller: int
+    sasl_plaintext: int
+    sasl_ssl: int
+    proxied: int
+    proxy: int
+
+
+@dataclass(frozen=True)
+class SecuredListener:
+    """How a client reaches one of the broker's SASL listeners, in each client's words."""
+
+    protocol: SecuredProtocol
+    bootstrap_servers: str
+    username: str
+    password: str = field(repr=False)
+    ca_file: Path
+
+    def kafka_python_options(self, *, password: str | None = None) -> dict[str, str]:
+        """kafka-python keyword arguments (`password` overrides the right one)."""
+        options = {
+            "security_protocol": self.protocol,
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password if password is None else password,
+        }
+        if self.protocol == "SASL_SSL":
+            options["ssl_cafile"] = str(self.ca_file)
+        return options
+
+    def confluent_config(self, *, password: str | None = None) -> dict[str, str]:
+        """librdkafka configuration, `bootstrap.servers` included."""
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.protocol,
+            "sasl.mechanism": SCRAM_MECHANISM,
+            "sasl.username": self.username,
+            "sasl.password": self.password if password is None else password,
+        }
+        if self.protocol == "SASL_SSL":
+            config["ssl.ca.location"] = str(self.ca_file)
+        return config
+
+    def flow_env(self, *, password: str | None = None) -> dict[str, str]:
+        """The flow's settings (environment variables) for this listener."""
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "KAFKA_SECURITY_PROTOCOL": self.protocol,
+            "KAFKA_SASL_MECHANISM": SCRAM_MECHANISM,
+            "KAFKA_SASL_USERNAME": self.username,
+            "KAFKA_SASL_PASSWORD": self.password if password is None else password,
+        }
+        if self.protocol == "SASL_SSL":
+            env["KAFKA_SSL_CAFILE"] = str(self.ca_file)
+        return env
 
 
 # ---------------------------------------------------------------------------
@@ -193,19 +274,50 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def server_properties(ports: BrokerPorts, data_dir: Path) -> str:
-    """The ``server.properties`` of a single combined broker + controller on loopback."""
+def server_properties(ports: BrokerPorts, data_dir: Path, *, keystore: Path) -> str:
+    """The ``server.properties`` of a single combined broker + controller on loopback.
+
+    Listeners: PLAINTEXT (the default, and between broker and controller), CONTROLLER,
+    SASL_PLAINTEXT and SASL_SSL (SCRAM-SHA-512; TLS from the PEM `keystore`, a private key
+    followed by its certificate chain), and PROXIED (PLAINTEXT, advertised at `ports.proxy`).
+    """
+    bind = {
+        "PLAINTEXT": ports.broker,
+        "CONTROLLER": ports.controller,
+        "SASL_PLAINTEXT": ports.sasl_plaintext,
+        "SASL_SSL": ports.sasl_ssl,
+        "PROXIED": ports.proxied,
+    }
+    advertise = {
+        "PLAINTEXT": ports.broker,
+        "SASL_PLAINTEXT": ports.sasl_plaintext,
+        "SASL_SSL": ports.sasl_ssl,
+        "PROXIED": ports.proxy,
+    }
+    protocols = {
+        "PLAINTEXT": "PLAINTEXT",
+        "CONTROLLER": "PLAINTEXT",
+        "SASL_PLAINTEXT": "SASL_PLAINTEXT",
+        "SASL_SSL": "SASL_SSL",
+        "PROXIED": "PLAINTEXT",
+    }
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{LOOPBACK}:{ports.controller}",
-        "listeners": (
-            f"PLAINTEXT://{LOOPBACK}:{ports.broker},CONTROLLER://{LOOPBACK}:{ports.controller}"
-        ),
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{ports.broker}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": _listener_list(bind),
+        "advertised.listeners": _listener_list(advertise),
+        "listener.security.protocol.map": ",".join(f"{k}:{v}" for k, v in protocols.items()),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        # The server side of SCRAM needs a login module but no credentials of its own:
+        # users live in the cluster metadata (stored at format time).
+        f"listener.name.sasl_plaintext.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": _SCRAM_JAAS,
+        f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": _SCRAM_JAAS,
+        "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+        "listener.name.sasl_ssl.ssl.keystore.location": str(keystore),
+        "listener.name.sasl_ssl.ssl.client.auth": "none",
         "log.dirs": str(data_dir),
         "num.partitions": "1",
         "default.replication.factor": "1",
@@ -226,6 +338,25 @@ def server_properties(ports: BrokerPorts, data_dir: Path) -> str:
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
+def _listener_list(ports: dict[str, int]) -> str:
+    return ",".join(f"{name}://{LOOPBACK}:{port}" for name, port in ports.items())
+
+
+def scram_credential_argument(username: str, password: str, salt: bytes) -> str:
+    """The storage tool's ``--add-scram`` value for a SCRAM-SHA-512 user, in its salted form.
+
+    The salted password is what SCRAM derives from the password (RFC 5802's
+    ``Hi(password, salt, i)``, PBKDF2-HMAC-SHA-512); the broker keeps only keys derived
+    from it, and the password itself goes on no command line.
+    """
+    salted = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, SCRAM_ITERATIONS)
+    return (
+        f"{SCRAM_MECHANISM}=[name={username},iterations={SCRAM_ITERATIONS},"
+        f'salt="{base64.b64encode(salt).decode("ascii")}",'
+        f'saltedpassword="{base64.b64encode(salted).decode("ascii")}"]'
+    )
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
@@ -233,11 +364,13 @@ def _free_port() -> int:
 
 
 def _free_ports() -> BrokerPorts:
-    broker = _free_port()
-    controller = _free_port()
-    while controller == broker:
-        controller = _free_port()
-    return BrokerPorts(broker=broker, controller=controller)
+    ports: list[int] = []
+    while len(ports) < 6:
+        port = _free_port()
+        if port not in ports:
+            ports.append(port)
+    broker, controller, sasl_plaintext, sasl_ssl, proxied, proxy = ports
+    return BrokerPorts(broker, controller, sasl_plaintext, sasl_ssl, proxied, proxy)
 
 
 def _port_open(port: int) -> bool:
@@ -269,8 +402,14 @@ class KafkaBroker:
     formats storage the first time; later calls (after ``shutdown()`` or ``kill()``) reuse
     all of that. ``stop()`` shuts down and deletes the directory; a ``start()`` after it
     begins a new, empty broker on new ports. Used as a context manager it starts on entry
-    and stops on exit. `properties` writes its ``server.properties`` (default: a loopback
-    node, `server_properties`); clients reach it at ``127.0.0.1:ports.broker``.
+    and stops on exit. `properties` writes its ``server.properties``; clients reach it at
+    ``127.0.0.1:ports.broker``.
+
+    By default (`server_properties`) the node also has the SASL_PLAINTEXT, SASL_SSL and
+    PROXIED listeners, its CA and certificate, and one SCRAM-SHA-512 user (`sasl_username`,
+    with a random `sasl_password`); everything a client needs stays the same across
+    restarts. A broker with its own `properties` has none of that (reading
+    `sasl_bootstrap_servers` and the like raises `KafkaBrokerError`).
     """
 
     def __init__(
@@ -284,10 +423,13 @@ class KafkaBroker:
         java: str = "java",
         properties: Callable[[BrokerPorts, Path], str] | None = None,
         cluster_id: str | None = None,
+        sasl_username: str = DEFAULT_SASL_USERNAME,
     ) -> None:
         self._version = version
-        self._properties = properties or server_properties
+        self._custom_properties = properties
         self._cluster_id = cluster_id
+        self._sasl_username = sasl_username
+        self._sasl_password = secrets.token_hex(16)
         self._cache_root = cache_root
         self._heap = heap
         self._startup_timeout_s = startup_timeout_s
@@ -316,6 +458,66 @@ class KafkaBroker:
     def bootstrap_servers(self) -> str:
         """``127.0.0.1:PORT`` of the PLAINTEXT listener; stable across restarts."""
         return f"{LOOPBACK}:{self.ports.broker}"
+
+    @property
+    def secured(self) -> bool:
+        """Whether it runs the default properties, with the secured and proxied listeners."""
+        return self._custom_properties is None
+
+    @property
+    def sasl_username(self) -> str:
+        self._require_secured()
+        return self._sasl_username
+
+    @property
+    def sasl_password(self) -> str:
+        """The SCRAM user's password: random per broker, never written to the broker's files."""
+        self._require_secured()
+        return self._sasl_password
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM certificate of the CA that signed the SASL_SSL listener's certificate."""
+        self._require_secured()
+        return self.work_dir / "tls" / "ca.pem"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        """``127.0.0.1:PORT`` of the SASL_PLAINTEXT listener (SCRAM-SHA-512)."""
+        self._require_secured()
+        return f"{LOOPBACK}:{self.ports.sasl_plaintext}"
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        """``127.0.0.1:PORT`` of the SASL_SSL listener (SCRAM-SHA-512 over TLS)."""
+        self._require_secured()
+        return f"{LOOPBACK}:{self.ports.sasl_ssl}"
+
+    @property
+    def proxied_listener_port(self) -> int:
+        """Where the PROXIED listener really listens: a proxy's target port."""
+        self._require_secured()
+        return self.ports.proxied
+
+    @property
+    def proxied_bootstrap_servers(self) -> str:
+        """``127.0.0.1:PORT`` the PROXIED listener is advertised at: a proxy's listen port."""
+        self._require_secured()
+        return f"{LOOPBACK}:{self.ports.proxy}"
+
+    def secured_listener(self, protocol: SecuredProtocol) -> SecuredListener:
+        """What a client needs to reach the SASL_PLAINTEXT or SASL_SSL listener."""
+        address = {
+            "SASL_PLAINTEXT": self.sasl_bootstrap_servers,
+            "SASL_SSL": self.ssl_bootstrap_servers,
+        }
+        return SecuredListener(
+            protocol=protocol,
+            bootstrap_servers=address[protocol],
+            username=self.sasl_username,
+            password=self.sasl_password,
+            ca_file=self.ca_file,
+        )
 
     @property
     def work_dir(self) -> Path:
@@ -394,15 +596,24 @@ class KafkaBroker:
 
     # -- internals ------------------------------------------------------------
 
+    def _require_secured(self) -> None:
+        if not self.secured:
+            raise KafkaBrokerError(
+                "this broker runs its own properties: it has no secured or proxied listeners"
+            )
+
     def _prepare(self) -> None:
         self._jar_dir = resolve_kafka_jars(self._version, self._cache_root)
         work_dir = Path(tempfile.mkdtemp(prefix="waxhouse-kafka-"))
         self._work_dir = work_dir
-        self._ports = _free_ports()
+        self._ports = ports = _free_ports()
         _LIVE_BROKERS.add(self)
-        (work_dir / "server.properties").write_text(
-            self._properties(self._ports, self.data_dir), encoding="utf-8"
-        )
+        if self._custom_properties is None:
+            tls = make_server_tls(work_dir / "tls")
+            properties = server_properties(ports, self.data_dir, keystore=tls.keystore)
+        else:
+            properties = self._custom_properties(ports, self.data_dir)
+        (work_dir / "server.properties").write_text(properties, encoding="utf-8")
         (work_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
         self._format_storage()
 
@@ -434,6 +645,11 @@ class KafkaBroker:
             "--config",
             str(self.work_dir / "server.properties"),
         )
+        if self.secured:
+            user = scram_credential_argument(
+                self._sasl_username, self._sasl_password, secrets.token_bytes(16)
+            )
+            command += ["--add-scram", user]
         result = _run(command, timeout_s=_FORMAT_TIMEOUT_S)
         if result.returncode != 0:
             raise KafkaBrokerError(
