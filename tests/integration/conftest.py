@@ -12,6 +12,7 @@ import pytest
 from kafka.errors import KafkaError
 
 from tests.support.kafka_broker import KafkaBroker, TopicFactory, create_topic, delete_topic
+from tests.support.tcp_proxy import TcpProxy
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,11 @@ KAFKA_BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 
 @pytest.fixture(scope="session")
 def _session_kafka_broker() -> Iterator[KafkaBroker | None]:
-    """The broker this session runs, or None when ``KAFKA_BOOTSTRAP_SERVERS`` names one."""
+    """The broker this session runs, or None when ``KAFKA_BOOTSTRAP_SERVERS`` names one.
+
+    Besides PLAINTEXT it serves SASL_PLAINTEXT and SASL_SSL (SCRAM-SHA-512) and the
+    PROXIED listener (see `tests.support.kafka_broker`).
+    """
     if os.environ.get(KAFKA_BOOTSTRAP_ENV):
         yield None
         return
@@ -60,6 +65,17 @@ def kafka_broker(_session_kafka_broker: KafkaBroker | None) -> Iterator[KafkaBro
         pytest.skip(f"{KAFKA_BOOTSTRAP_ENV} names an external broker, which tests cannot restart")
     yield _session_kafka_broker
     _session_kafka_broker.start()
+
+
+@pytest.fixture
+def kafka_proxy(kafka_broker: KafkaBroker) -> Iterator[TcpProxy]:
+    """A cuttable proxy in front of the broker's PROXIED listener, where it is advertised.
+
+    Clients bootstrapped at ``kafka_broker.proxied_bootstrap_servers`` (= ``proxy.address``)
+    reach the broker only through it. Closed (every connection reset) after the test.
+    """
+    with TcpProxy(kafka_broker.ports.proxy, kafka_broker.proxied_listener_port) as proxy:
+        yield proxy
 
 
 @pytest.fixture
