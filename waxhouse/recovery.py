@@ -14,6 +14,13 @@ Partitions already there are the state a restart resumes from and are never touc
 directory holding partitions of another count (the cluster was resized) gets nothing new:
 Bytewax resumes from those partitions when every one of them is reachable, and refuses to
 start, naming the missing or inconsistent partitions, when they are not.
+
+While the flow runs, `prepare_recovery()` also keeps an eye on the free space of the
+directory's file system (`RecoverySpace`): Bytewax writes each snapshot into SQLite from its
+Rust code, and a write that finds the disk full ends the run in a panic. Before that can
+happen the flow stops in order (`waxhouse.stopping`) and exits 1 with one line naming the
+directory; the partitions keep every snapshot completed so far, so once there is room again
+the next start resumes exactly.
 """
 
 from __future__ import annotations
@@ -23,16 +30,23 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bytewax.recovery import init_db_dir
 
 from waxhouse.runargs import bytewax_run_args
+from waxhouse.stopping import flow_stopper
 
 logger = logging.getLogger(__name__)
 
 PARTITION_GLOB = "part-*.sqlite3"
+
+MIN_FREE_BYTES = 8 * 1024 * 1024
+"""Free space below which the flow stops: room for the snapshots in flight while it does."""
+GROWTH_MARGIN = 4
+"""...or this many times the largest growth seen between two looks, if that is more."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,81 @@ def init_recovery_dir(directory: Path, partition: RecoveryPartition | None = Non
         return True
 
 
+def disk_space(directory: Path) -> tuple[int, int]:
+    """(bytes the recovery partitions in `directory` take with their SQLite journals,
+    bytes free on its file system for unprivileged writers)."""
+    taken = sum(p.stat().st_blocks * 512 for p in directory.glob(f"{PARTITION_GLOB}*"))
+    return taken, shutil.disk_usage(directory).free
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+class RecoverySpace:
+    """Whether the file system of a recovery directory has room for the next snapshots.
+
+    It needs `min_free` bytes free, or `margin` times the largest growth of the partitions
+    seen between two calls of `check()` if that is more (about a snapshot's size: Bytewax
+    writes every key changed in an epoch).
+
+    >>> space = RecoverySpace(Path("/r"), usage=lambda _: (1_000, 100 << 20))
+    >>> space.check() is None
+    True
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        min_free: int = MIN_FREE_BYTES,
+        margin: int = GROWTH_MARGIN,
+        usage: Callable[[Path], tuple[int, int]] = disk_space,
+    ) -> None:
+        self.directory = directory
+        self._min_free = min_free
+        self._margin = margin
+        self._usage = usage
+        self._last_used: int | None = None
+        self._largest_growth = 0
+
+    @property
+    def needed(self) -> int:
+        """The free space the flow keeps for its next snapshots."""
+        return max(self._min_free, self._margin * self._largest_growth)
+
+    def check(self) -> str | None:
+        """None while there is room (or it cannot tell); else the one line that says so
+        and what to do."""
+        try:
+            used, free = self._usage(self.directory)
+        except OSError as e:
+            logger.debug("recovery: cannot tell the free space of %s: %s", self.directory, e)
+            return None
+        needed = self.needed  # from the growth seen before: not what just filled the disk
+        if self._last_used is not None:
+            self._largest_growth = max(self._largest_growth, used - self._last_used)
+        self._last_used = used
+        if free >= needed:
+            return None
+        space = (
+            "no space left on device"
+            if free == 0
+            else f"{_size(free)} free, {_size(needed)} needed for the next snapshots"
+        )
+        return (
+            f"recovery directory {self.directory} is full ({space}): free space and "
+            "restart; state up to the last complete snapshot is kept"
+        )
+
+
 def prepare_recovery() -> None:
     """Under `python -m bytewax.run`, make its recovery partition ready, or say it is off."""
     args = bytewax_run_args()
@@ -124,3 +213,7 @@ def prepare_recovery() -> None:
             args["snapshot_interval"],
             args["backup_interval"],
         )
+    stopper = flow_stopper()
+    if stopper is not None:
+        stopper.install()
+        stopper.watch(RecoverySpace(Path(str(directory))).check)

@@ -1,4 +1,5 @@
-"""Recovery partitions: each process creates its own, and never touches existing state."""
+"""Recovery partitions: each process creates its own, and never touches existing state;
+the free space a running flow keeps for its snapshots."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from waxhouse.recovery import (
+    GROWTH_MARGIN,
+    MIN_FREE_BYTES,
     RecoveryPartition,
+    RecoverySpace,
+    disk_space,
     init_recovery_dir,
     own_partition,
     partition_counts,
@@ -69,3 +74,62 @@ def test_partitions_of_another_count_get_nothing_new(tmp_path: Path) -> None:
     assert not init_recovery_dir(tmp_path, RecoveryPartition(1, 2))
     assert parts(tmp_path) == ["part-0.sqlite3"]
     assert partition_counts(tmp_path) == {1}
+
+
+class Disk:
+    """A file system for `RecoverySpace`: what the directory takes and what is free."""
+
+    def __init__(self, *samples: tuple[int, int]) -> None:
+        self.samples = list(samples)
+
+    def __call__(self, directory: Path) -> tuple[int, int]:
+        return self.samples.pop(0)
+
+
+MIB = 1 << 20
+
+
+def test_room_for_the_next_snapshots_is_no_failure() -> None:
+    space = RecoverySpace(Path("/r"), usage=Disk((5 * MIB, 100 * MIB)))
+    assert space.check() is None
+    assert space.needed == MIN_FREE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("free", "said"),
+    [
+        (3 * MIB, "3.0 MiB free, 8.0 MiB needed for the next snapshots"),
+        (0, "no space left on device"),
+    ],
+)
+def test_less_free_than_the_reserve_is_one_line_naming_the_directory(free: int, said: str) -> None:
+    space = RecoverySpace(Path("/data/recovery"), usage=Disk((5 * MIB, free)))
+    assert space.check() == (
+        f"recovery directory /data/recovery is full ({said}): free space and restart; "
+        "state up to the last complete snapshot is kept"
+    )
+
+
+def test_the_reserve_grows_with_the_snapshots_seen() -> None:
+    disk = Disk((1 * MIB, 100 * MIB), (31 * MIB, 70 * MIB), (31 * MIB, 70 * MIB))
+    space = RecoverySpace(Path("/r"), usage=disk)
+    assert space.check() is None
+    # 30 MiB written between two looks: the look that sees it still passes (what just
+    # filled the disk is not held against it), the reserve is now 4 x 30 MiB.
+    assert space.check() is None
+    assert space.needed == GROWTH_MARGIN * 30 * MIB
+    message = space.check()
+    assert message is not None and "70.0 MiB free, 120.0 MiB needed" in message
+
+
+def test_the_space_the_partitions_take_and_their_file_system_has_free(tmp_path: Path) -> None:
+    (tmp_path / "part-0.sqlite3").write_bytes(b"x" * 100_000)
+    (tmp_path / "part-0.sqlite3-wal").write_bytes(b"x" * 200_000)
+    (tmp_path / "other").write_bytes(b"x" * 400_000)
+    taken, free = disk_space(tmp_path)
+    assert 300_000 <= taken < 700_000
+    assert free > 0
+
+
+def test_a_directory_it_cannot_look_at_is_no_failure(tmp_path: Path) -> None:
+    assert RecoverySpace(tmp_path / "gone").check() is None
