@@ -256,7 +256,8 @@ class _ConfluentClient:
             messages = self._without_errors(messages)
         if not messages:
             return None
-        self._after_last = messages[-1].offset() + 1
+        # An end-of-partition event after these records may already have moved it further.
+        self._after_last = max(self._after_last or 0, messages[-1].offset() + 1)
         return Fetched(
             [m.offset() for m in messages],
             [m.value() for m in messages],
@@ -276,6 +277,7 @@ class _ConfluentClient:
             if error is None:
                 records.append(message)
             elif error.code() == KafkaError._PARTITION_EOF:
+                logger.debug("partition %s: read to its end at %d", self._part, message.offset())
                 self._after_last = max(self._after_last or 0, message.offset())
             elif not error.fatal() and (error.retriable() or error.code() in _TRANSIENT):
                 logger.warning(
@@ -314,6 +316,7 @@ class ConfluentKafkaSource(KafkaTopicSource):
         stop_at_end: bool = False,
         client_options: Mapping[str, object] | None = None,
         resumed: bool = False,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(
             bootstrap_servers,
@@ -322,6 +325,7 @@ class ConfluentKafkaSource(KafkaTopicSource):
             stop_at_end,
             librdkafka_options(client_options or {}),
             resumed,
+            on_failure,
         )
 
     def _partitions(self) -> list[int]:

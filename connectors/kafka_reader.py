@@ -95,9 +95,10 @@ class TopicWatch:
 
     `check(found)` is given the partition count a client's metadata holds. Once it
     exceeds `known`, the watch logs an error and sets `waxhouse_source_partitions_unread`
-    at once, and raises `grace_s` later (time for a metrics scrape to see it; the flow
-    works on meanwhile): records of a partition the flow does not read are never skipped
-    silently, and the restart reads them.
+    at once, and stops the flow `grace_s` later (time for a metrics scrape to see it; the
+    flow works on meanwhile) through `on_failure(message)`, or by raising without one:
+    records of a partition the flow does not read are never skipped silently, and the
+    restart reads them.
     """
 
     def __init__(
@@ -107,8 +108,10 @@ class TopicWatch:
         every_s: float | None = None,
         grace_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._topic = topic
+        self._on_failure = on_failure
         self._known = known
         self._every_s = WATCH_EVERY_S if every_s is None else every_s
         self._grace_s = STOP_GRACE_S if grace_s is None else grace_s
@@ -121,12 +124,21 @@ class TopicWatch:
     def due(self) -> bool:
         return self._clock() >= self._next_check
 
+    def _stop(self) -> None:
+        """`on_failure(message)` once (an orderly stop: the flow ends after this batch),
+        or without it, raise."""
+        if self._on_failure is None:
+            raise SourceError(self._message)
+        on_failure, self._on_failure = self._on_failure, None
+        self._next_check = float("inf")
+        on_failure(self._message)
+
     def check(self, found: int | None) -> None:
         now = self._clock()
         self._next_check = now + self._every_s
         if self._stop_at is not None:
             if now >= self._stop_at:
-                raise SourceError(self._message)
+                self._stop()
             return
         if found is None or found <= self._known:
             return
@@ -166,6 +178,7 @@ class KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
         self._last_tick = -IDLE_TICK_EVERY_S
         self._ticked_ms = -1
         self._wait: timedelta | None = None
+        self._finished = False
         topic, _, partition = part.rpartition("/")
         self._consumed = RECORDS_CONSUMED.labels(topic=topic, partition=partition)
         self._lag = CONSUMER_LAG.labels(topic=topic, partition=partition)
@@ -179,6 +192,9 @@ class KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
 
     def next_batch(self) -> list[KeyedItem]:
         if self._done():
+            if not self._finished:
+                self._finished = True
+                logger.info("partition %s read to its stop offset %d", self._part, self._stop_at)
             raise StopIteration
         if self._watch is not None and self._watch.due():
             self._watch.check(self._client.partition_count())
@@ -299,6 +315,7 @@ class KafkaTopicSource(FixedPartitionedSource[KeyedItem, int], ABC):
         stop_at_end: bool = False,
         client_options: Mapping[str, object] | None = None,
         resumed: bool = False,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._topic = topic
@@ -306,6 +323,7 @@ class KafkaTopicSource(FixedPartitionedSource[KeyedItem, int], ABC):
         self._stop_at_end = stop_at_end
         self._options = dict(client_options or {})
         self._resumed = resumed
+        self._on_failure = on_failure
         self._known: int | None = None
 
     def list_parts(self) -> list[str]:
@@ -344,7 +362,9 @@ class KafkaTopicSource(FixedPartitionedSource[KeyedItem, int], ABC):
             origin,
             f", stops at {stop_at}" if stop_at is not None else "",
         )
-        watch = None if self._stop_at_end else TopicWatch(self._topic, known)
+        watch = None
+        if not self._stop_at_end:
+            watch = TopicWatch(self._topic, known, on_failure=self._on_failure)
         return KafkaPartition(client, for_part, next_offset, stop_at, watch)
 
 

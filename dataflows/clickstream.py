@@ -28,6 +28,7 @@ from waxhouse.logs import configure_logging
 from waxhouse.recovery import prepare_recovery
 from waxhouse.report import RunReport
 from waxhouse.runtime import stop_on_sigterm, tune_garbage_collector
+from waxhouse.stopping import flow_stopper
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,12 @@ def _kafka_source_class(
     return KafkaSource
 
 
-def build_flow(settings: Settings) -> Dataflow:
+def build_flow(
+    settings: Settings, resumed: bool = False, on_failure: Callable[[str], None] | None = None
+) -> Dataflow:
+    """The flow. `resumed`: it resumes from committed recovery state (a Kafka partition
+    without state is then new, and read from its beginning). `on_failure`: how a source
+    stops the flow when it cannot go on (default: it raises)."""
     flow = Dataflow("clickstream")
     source: FixedPartitionedSource[tuple[str, SourceItem], Any]
     if settings.embedded:
@@ -56,6 +62,8 @@ def build_flow(settings: Settings) -> Dataflow:
             starting_offset=settings.kafka_starting_offset,
             stop_at_end=settings.kafka_stop_at_end,
             client_options=settings.kafka_security.client_options(),
+            resumed=resumed,
+            on_failure=on_failure,
         )
     # (source partition, batch of raw records | idle tick)
     batches = op.input("input", flow, source)
@@ -102,7 +110,8 @@ def _load() -> Settings:
 settings = _load()
 configure_logging(settings.log_level)
 logger.info("clickstream starting: %s", settings.describe())
-prepare_recovery()
+resumed = prepare_recovery()
 tune_garbage_collector()
 stop_on_sigterm()
-flow = build_flow(settings)
+stopper = flow_stopper()
+flow = build_flow(settings, resumed, stopper.fail if stopper is not None else None)

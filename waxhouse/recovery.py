@@ -79,6 +79,16 @@ def partition_counts(directory: Path) -> set[int]:
     return counts
 
 
+def has_committed_state(directory: Path) -> bool:
+    """Whether a partition in `directory` records a committed epoch: the flow resumes from
+    it, and every source partition that existed then has its own state in it."""
+    for path in directory.glob(PARTITION_GLOB):
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            if db.execute("SELECT 1 FROM commits LIMIT 1").fetchone() is not None:
+                return True
+    return False
+
+
 def init_recovery_dir(directory: Path, partition: RecoveryPartition | None = None) -> bool:
     """Create `directory` and `partition` in it unless it is there, or the directory holds
     partitions of another count. Returns whether it created the partition.
@@ -185,11 +195,14 @@ class RecoverySpace:
         )
 
 
-def prepare_recovery() -> None:
-    """Under `python -m bytewax.run`, make its recovery partition ready, or say it is off."""
+def prepare_recovery() -> bool:
+    """Under `python -m bytewax.run`, make its recovery partition ready, or say it is off.
+
+    Returns whether the flow resumes from committed recovery state (`has_committed_state`).
+    """
     args = bytewax_run_args()
     if args is None:
-        return
+        return False
     directory = args["recovery_directory"]
     if directory is None:
         logger.warning(
@@ -197,7 +210,7 @@ def prepare_recovery() -> None:
             "run with -r DIR -s SECONDS -b SECONDS to turn it on",
             "KAFKA_STARTING_OFFSET",
         )
-        return
+        return False
     partition = own_partition(args)
     if init_recovery_dir(Path(str(directory)), partition):
         logger.info(
@@ -217,3 +230,4 @@ def prepare_recovery() -> None:
     if stopper is not None:
         stopper.install()
         stopper.watch(RecoverySpace(Path(str(directory))).check)
+    return has_committed_state(Path(str(directory)))

@@ -229,3 +229,15 @@ def test_the_partition_consults_the_watch_only_when_due() -> None:
     clock.now = 5.1
     with pytest.raises(SourceError, match="grew from 1 to 4 partitions"):
         part.next_batch()
+
+
+def test_with_a_stopper_a_grown_topic_asks_for_an_orderly_stop_once() -> None:
+    clock = Clock(0.0)
+    asked: list[str] = []
+    watch = TopicWatch("events", 2, every_s=1.0, grace_s=3.0, clock=clock, on_failure=asked.append)
+    clock.now = 1.0
+    watch.check(3)
+    clock.now = 4.0
+    watch.check(3)  # no raise: the stopper ends the flow after this batch
+    assert len(asked) == 1 and "does not read events/2" in asked[0]
+    assert not watch.due()  # asked once; nothing more to check

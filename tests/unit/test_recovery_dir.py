@@ -6,7 +6,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import bytewax.operators as op
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig
+from bytewax.testing import TestingSink, TestingSource, run_main
 
 from waxhouse.recovery import (
     GROWTH_MARGIN,
@@ -14,6 +18,7 @@ from waxhouse.recovery import (
     RecoveryPartition,
     RecoverySpace,
     disk_space,
+    has_committed_state,
     init_recovery_dir,
     own_partition,
     partition_counts,
@@ -133,3 +138,19 @@ def test_the_space_the_partitions_take_and_their_file_system_has_free(tmp_path: 
 
 def test_a_directory_it_cannot_look_at_is_no_failure(tmp_path: Path) -> None:
     assert RecoverySpace(tmp_path / "gone").check() is None
+
+
+def test_committed_state_is_what_a_run_with_recovery_leaves(tmp_path: Path) -> None:
+    """A fresh partition records no epoch; a run that snapshotted does (a resumed flow)."""
+    directory = tmp_path / "recovery"
+    assert not has_committed_state(directory)  # not even there
+    init_recovery_dir(directory)
+    assert not has_committed_state(directory)
+    flow = Dataflow("committed")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(["a", "b", "a"])), str)
+    counts = op.stateful_map("count", keyed, lambda n, _: ((n or 0) + 1, (n or 0) + 1))
+    out: list[tuple[str, int]] = []
+    op.output("out", counts, TestingSink(out))
+    run_main(flow, recovery_config=RecoveryConfig(str(directory)))
+    assert sorted(out) == [("a", 1), ("a", 2), ("b", 1)]
+    assert has_committed_state(directory)
