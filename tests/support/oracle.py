@@ -1,7 +1,8 @@
 """An independent oracle: the contract's tables computed in plain Python from the records.
 
 It shares no code with the pipeline: stdlib `json`, `datetime.fromisoformat`, sorting.
-It assumes no record is late (every event at most the allowed lateness behind its
+An event more than `max_future_ms` ahead of its record's timestamp is a `future` dead
+letter. It assumes no record is late (every event at most the allowed lateness behind its
 partition's newest event), which the tests' inputs guarantee.
 """
 
@@ -16,6 +17,7 @@ from connectors.generator import GeneratedRecord
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 WINDOW_MS, GAP_MS = 60_000, 1_800_000
+MAX_FUTURE_MS = 3_600_000
 
 TYPES = ("page_view", "click", "add_to_cart", "purchase")
 
@@ -74,7 +76,10 @@ class Expected:
 
 
 def oracle(
-    records: list[GeneratedRecord], window_ms: int = WINDOW_MS, gap_ms: int = GAP_MS
+    records: list[GeneratedRecord],
+    window_ms: int = WINDOW_MS,
+    gap_ms: int = GAP_MS,
+    max_future_ms: int = MAX_FUTURE_MS,
 ) -> Expected:
     windows: dict[tuple[int, str], list[dict]] = defaultdict(list)
     users: dict[str, list[dict]] = defaultdict(list)
@@ -84,6 +89,9 @@ def oracle(
             event = oracle_event(record.value)
         except Invalid as bad:
             dead[record.n] = (bad.reason, bad.field, record.value)
+            continue
+        if record.timestamp_ms >= 0 and event["ts"] > record.timestamp_ms + max_future_ms:
+            dead[record.n] = ("future", "", record.value)  # a skewed clock: counts nowhere
             continue
         windows[(event["ts"] // window_ms * window_ms, event["page"])].append(event)
         users[event["user_id"]].append(event)
