@@ -20,6 +20,7 @@ from kafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    SaslAuthenticationFailedError,
 )
 
 from connectors.kafka_reader import (
@@ -83,9 +84,61 @@ def _while_unreachable(what: str, action: Callable[[], T]) -> T:
     return retry_while_unreachable(what, action, _unreachable, _UNREACHABLE_TIMEOUT_S)
 
 
+class _RefusedLogins(logging.Filter):
+    """Notes the SASL authentication failures kafka-python meets while it bootstraps.
+
+    kafka-python 3.0 retries a refused login like an unreachable broker and reports only
+    `KafkaTimeoutError` at the end; the refusal itself reaches nothing but its log record,
+    whose arguments carry the exception object. This filter (it lets every record
+    through) keeps the newest such exception and when it came, so that `_connecting`
+    tells wrong credentials, which no retry mends, from an outage.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latest: tuple[float, Exception] | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, SaslAuthenticationFailedError):
+                self.latest = (time.monotonic(), arg)
+        return True
+
+    def since(self, started: float) -> Exception | None:
+        latest = self.latest
+        return latest[1] if latest is not None and latest[0] >= started else None
+
+
+_REFUSED_LOGINS = _RefusedLogins()
+
+
+def _connecting(bootstrap: str, client: Callable[[], T]) -> T:
+    """`client()` (a kafka-python consumer or producer, which connects as it is made);
+    wrong credentials fail at once with `SourceError`, an outage is retried."""
+    manager_log = logging.getLogger("kafka.net.manager")
+    if _REFUSED_LOGINS not in manager_log.filters:
+        manager_log.addFilter(_REFUSED_LOGINS)
+
+    def attempt() -> T:
+        started = time.monotonic()
+        try:
+            return client()
+        except KafkaTimeoutError as e:
+            refused = _REFUSED_LOGINS.since(started)
+            if refused is None:
+                raise
+            raise SourceError(
+                f"Kafka at {bootstrap} refused the credentials ({refused}); check "
+                "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+            ) from e
+
+    return _while_unreachable("connecting to Kafka", attempt)
+
+
 def _consumer(bootstrap: str, options: Mapping[str, object]) -> KafkaConsumer:
-    return _while_unreachable(
-        "connecting to Kafka",
+    return _connecting(
+        bootstrap,
         lambda: KafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=None,
@@ -292,8 +345,8 @@ class KafkaDeadLetterSink(FixedPartitionedSink[DeadLetterRow, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
         _while_unreachable(f"checking dead-letter topic {self._topic!r}", self._check_topic_exists)
-        producer = _while_unreachable(
-            "connecting the dead-letter producer",
+        producer = _connecting(
+            self._bootstrap,
             lambda: KafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 acks="all",

@@ -147,6 +147,26 @@ def _while_unreachable(what: str, action: Callable[[], T]) -> T:
     return retry_while_unreachable(what, action, _unreachable, _UNREACHABLE_TIMEOUT_S)
 
 
+def _looking_up(what: str, consumer: Any, errors: _ClientErrors, action: Callable[[], T]) -> T:
+    """`action()` (a request of `consumer`'s), retried while no broker answers; wrong
+    credentials fail at once. librdkafka says why a connection failed only through the
+    error callback, which runs when the consumer is polled: a failed request polls it."""
+
+    def attempt() -> T:
+        try:
+            return action()
+        except KafkaException as e:
+            consumer.poll(0)
+            if errors.refused is not None:
+                raise SourceError(
+                    f"Kafka refused the credentials ({errors.refused.str()}); check "
+                    "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+                ) from e
+            raise
+
+    return _while_unreachable(what, attempt)
+
+
 def _watermarks(consumer: Any, tp: Any) -> tuple[int, int]:
     """(first offset, end offset) of `tp`, asked of its leader (a ListOffsets request)."""
     found = consumer.get_watermark_offsets(tp, timeout=_REQUEST_TIMEOUT_S)
@@ -167,10 +187,13 @@ class _ClientErrors:
     def __init__(self, what: str) -> None:
         self._what = what
         self.fatal: KafkaError | None = None
+        self.refused: KafkaError | None = None  # wrong credentials: no retry mends them
         self._logged_at: dict[int, float] = {}
         self._unlogged: dict[int, int] = {}
 
     def __call__(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTHENTICATION:
+            self.refused = error
         if error.fatal():
             self.fatal = error
             logger.error(
@@ -334,8 +357,10 @@ class ConfluentKafkaSource(KafkaTopicSource):
         try:
             deadline = time.monotonic() + _METADATA_TIMEOUT_S
             while True:
-                metadata = _while_unreachable(
+                metadata = _looking_up(
                     f"looking up Kafka topic {self._topic!r}",
+                    consumer,
+                    errors,
                     lambda: consumer.list_topics(self._topic, timeout=_REQUEST_TIMEOUT_S),
                 )
                 found = metadata.topics.get(self._topic)
@@ -369,8 +394,11 @@ class ConfluentKafkaSource(KafkaTopicSource):
             # Not a lazy `OFFSET_BEGINNING`/`OFFSET_END`: an absolute offset fixed here is
             # what bounded mode stops at and what the start line reports. Read committed,
             # the end is the last stable offset.
-            first, end = _while_unreachable(
-                f"looking up the offsets of {part}", lambda: _watermarks(consumer, tp)
+            first, end = _looking_up(
+                f"looking up the offsets of {part}",
+                consumer,
+                errors,
+                lambda: _watermarks(consumer, tp),
             )
         except KafkaException as e:
             consumer.close()
