@@ -235,9 +235,12 @@ class KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
     def _observe(self, answer: FetchAnswer | None) -> None:
         if answer is None:
             return
-        self._caught_up = self._next_offset >= answer.end
-        if self._caught_up and (self._verified is None or answer.at > self._verified):
+        at_end = self._next_offset >= answer.end
+        if at_end and (self._verified is None or answer.at > self._verified):
             self._verified = answer.at
+        # Caught up now (poll gently, let idle time pass) only if no record came since the
+        # answer: a backlog's answers are older than its records.
+        self._caught_up = at_end and answer.at >= self._last_data
         self._lag.set(max(0, answer.end - self._next_offset))
 
     def _idle_tick(self, now: float) -> list[KeyedItem]:
