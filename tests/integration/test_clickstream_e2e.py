@@ -12,9 +12,9 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
+from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow
 from tests.support.kafka_broker import create_topic
 from tests.support.oracle import Expected, Invalid, oracle, oracle_event
@@ -116,22 +116,7 @@ def test_kafka_dead_letters_equal_the_oracle(
 def test_dead_letters_also_reach_the_dlq_topic_with_headers(
     kafka_run: KafkaRun, kafka_bootstrap: str
 ) -> None:
-    consumer = KafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=5_000
-    )
-    tp = TopicPartition(kafka_run.dlq_topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    seen = {}
-    for message in consumer:
-        headers = {k: v.decode() for k, v in message.headers}
-        seen[headers["source"]] = (headers["reason"], headers["error"], message.value.hex().upper())
-    consumer.close()
-    stored = {
-        src: (reason, error, payload)
-        for src, reason, error, payload, _ in kafka_run.results.dead_letters
-    }
-    assert seen == stored
+    assert_dlq_equals_the_table(read_dlq(kafka_bootstrap, kafka_run.dlq_topic), kafka_run.results)
 
 
 def test_embedded_path_gives_the_same_tables(

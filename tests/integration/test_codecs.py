@@ -10,17 +10,16 @@ of the flow on kafka-python (the default) and on confluent-kafka.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from kafka.record import MemoryRecords
 from kafka.record.default_records import DefaultRecordBase
 
 from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
+from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow
 from tests.support.java_producer import produce_with_java
 from tests.support.kafka_broker import KafkaBroker, create_topic, delete_topic
@@ -148,37 +147,4 @@ def test_every_dead_letter_reaches_the_dlq_topic_with_headers(
 ) -> None:
     run = flow_runs[client]
     tables = run.tables()
-    letters = read_dlq(kafka_bootstrap, run.dlq_topic)
-    stored = sorted(
-        (source, reason, error, payload)
-        for source, reason, error, payload, _ in tables.dead_letters
-    )
-    assert sorted(letters) == stored  # each one once, with the table's source, reason, error
-
-
-def read_dlq(bootstrap: str, topic: str) -> list[tuple[str, str, str, str]]:
-    """(source, reason, error, payload hex) of every record on the DLQ topic's partition 0."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        letters = []
-        deadline = time.monotonic() + 60
-        while consumer.position(tp) < end:
-            assert time.monotonic() < deadline, f"the DLQ topic did not reach offset {end}"
-            for message in consumer.poll(timeout_ms=500).get(tp, []):
-                headers = {k: v.decode() for k, v in message.headers}
-                assert set(headers) == {"source", "reason", "error"}, headers
-                letters.append(
-                    (
-                        headers["source"],
-                        headers["reason"],
-                        headers["error"],
-                        message.value.hex().upper(),
-                    )
-                )
-        return letters
-    finally:
-        consumer.close()
+    assert_dlq_equals_the_table(read_dlq(kafka_bootstrap, run.dlq_topic), tables)

@@ -19,13 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from dataflows.settings import KAFKA_CLIENTS, KafkaClient
+from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow, start_flow
 from tests.support.kafka_broker import (
-    SECURED_PROTOCOLS,
     KafkaBroker,
     SecuredProtocol,
     TopicFactory,
@@ -65,35 +64,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def read_dlq(bootstrap: str, topic: str) -> dict[str, tuple[str, str, str]]:
-    """The DLQ topic (one partition) read to its end: source -> (reason, error, payload hex)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        letters: dict[str, tuple[str, str, str]] = {}
-        deadline = time.monotonic() + 30
-        while consumer.position(tp) < end:
-            assert time.monotonic() < deadline, f"{len(letters)} of {end} letters in 30 s"
-            for batch in consumer.poll(timeout_ms=500).values():
-                for message in batch:
-                    headers = {k: v.decode() for k, v in message.headers}
-                    assert set(headers) == {"reason", "error", "source"}, headers
-                    assert headers["source"] not in letters, "a letter twice"
-                    letters[headers["source"]] = (
-                        headers["reason"],
-                        headers["error"],
-                        message.value.hex().upper(),
-                    )
-        return letters
-    finally:
-        consumer.close()
-
-
-@pytest.mark.parametrize("client", KAFKA_CLIENTS)
-@pytest.mark.parametrize("protocol", SECURED_PROTOCOLS)
 def test_a_bounded_run_through_a_secured_listener_equals_the_oracle(
     kafka_broker: KafkaBroker,
     topic_factory: TopicFactory,
@@ -127,11 +97,8 @@ def test_a_bounded_run_through_a_secured_listener_equals_the_oracle(
     assert_tables_match(tables, expected, records, positions)
     # The flow's DLQ producer wrote every dead letter, with its headers, through the
     # secured listener (read back here through PLAINTEXT).
-    stored = {
-        src: (reason, error, payload) for src, reason, error, payload, _ in tables.dead_letters
-    }
-    assert len(stored) == len(expected.dead_letters) > 0
-    assert read_dlq(kafka_broker.bootstrap_servers, dlq) == stored
+    assert len(tables.dead_letters) == len(expected.dead_letters) > 0
+    assert_dlq_equals_the_table(read_dlq(kafka_broker.bootstrap_servers, dlq), tables)
 
 
 def scrape(port: int) -> str | None:
