@@ -1,6 +1,7 @@
 """Side by side with peers: ours, Bytewax by the book, Quix Streams, bare consume loops.
 
     python -m bench.compare [--events 2000000] [--repeat 3] [--only NAME,...]
+                            [--baseline DIR]
 
 Fills a fresh 4-partition topic (keyed by user) once with generated clickstream events,
 then has each runner in `bench/peers/` drain it in bounded mode as a subprocess, runners
@@ -13,6 +14,11 @@ Streams) reports up to where it closed them, and is checked on exactly those win
 `waxhouse_confluent` is ours with `KAFKA_CLIENT=confluent`. The "Targets" section sets
 our events/s against the peers' from the same run. Writes `bench/results/compare.md` and
 `bench/results/compare.png`.
+
+`--baseline DIR` (a checkout of an earlier commit, e.g. `git worktree add DIR HEAD~5`)
+adds `waxhouse@base` and `waxhouse_confluent@base`: our runners on that checkout's flow,
+alternated with ours in the same rounds, so a change is measured against what it changed.
+The report then goes to `bench/results/compare-vs-<commit>.md` (and `.png`).
 """
 
 from __future__ import annotations
@@ -67,9 +73,17 @@ class Run:
     notes: dict[str, object]
 
 
-def run_once(name: str, servers: str, topic: str, out: Path) -> Run:
-    command = [sys.executable, "-m", f"bench.peers.{name}"]
+BASELINE = "@base"
+
+
+def run_once(name: str, servers: str, topic: str, out: Path, baseline: Path | None = None) -> Run:
+    peer, _, at = name.partition("@")
+    command = [sys.executable, "-m", f"bench.peers.{peer}"]
     command += ["--bootstrap", servers, "--topic", topic, "--out", str(out)]
+    if at:
+        if baseline is None:
+            raise ValueError(f"{name} needs --baseline")
+        command += ["--flow-repo", str(baseline)]
     started = time.monotonic()
     child = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)
@@ -79,7 +93,7 @@ def run_once(name: str, servers: str, topic: str, out: Path) -> Run:
         raise RuntimeError(f"{name} failed with exit code {child.returncode}")
     report = orjson.loads(out.read_bytes())
     counts_path = out if report["counts"] is not None else None
-    if name in OURS:  # read back from the store outside the timed process
+    if peer in OURS:  # read back from the store outside the timed process
         subprocess.run([*command, "--check"], cwd=REPO, check=True)
         counts_path = out.with_suffix(".counts.json")
     return Run(
@@ -209,6 +223,32 @@ def client_note(runs: dict[str, list[Run]]) -> list[str]:
     return ["Kafka client the flow reported: " + ", ".join(said) + ".", ""]
 
 
+def baseline_commit(checkout: Path) -> str:
+    """The commit a baseline checkout is at."""
+    done = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"--baseline {checkout}: not a git checkout ({done.stderr.strip()})")
+    return done.stdout.strip()
+
+
+def baseline_note(runs: dict[str, list[Run]], commit: str | None) -> list[str]:
+    """Ours against the same runners on the baseline checkout, from the same rounds."""
+    if commit is None:
+        return []
+    lines = [
+        f"Baseline: `@base` runners run the flow of commit `{commit[:12]}`, alternated with"
+        " ours in every round. Ours over the baseline (events/s, median):",
+        "",
+    ]
+    for name in OURS:
+        base = f"{name}{BASELINE}"
+        if name in runs and base in runs:
+            lines.append(f"- `{name}`: {rate(runs[name]) / rate(runs[base]):.2f}x")
+    return [*lines, ""]
+
+
 def quix_note(runs: dict[str, list[Run]]) -> list[str]:
     """How the Quix Streams peer closes windows, and whether its grace covered its disorder."""
     if "quixstreams" not in runs:
@@ -258,11 +298,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--only", default=",".join(RUNNERS), help="runners, comma-separated")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="a checkout to run our flow of, alongside"
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = set(names) - set(RUNNERS)
     if unknown:
         parser.error(f"unknown runners: {', '.join(sorted(unknown))}")
+    base_commit = None
+    if args.baseline is not None:
+        base_commit = baseline_commit(args.baseline)
+        names += [f"{name}{BASELINE}" for name in OURS if name in names]
 
     config = GeneratorConfig(
         seed=args.seed, events=args.events, pages=10_000, users=100_000, active_users=3_000
@@ -278,7 +325,7 @@ def main() -> None:
         for i in range(args.repeat):
             for name in names:
                 out = Path(scratch) / f"{name}-{i}.json"
-                run = run_once(name, servers, topic, out)
+                run = run_once(name, servers, topic, out, args.baseline)
                 runs[name].append(run)
                 print(
                     f"round {i + 1}: {name:<20} {run.records / run.seconds:>10,.0f} events/s "
@@ -289,14 +336,17 @@ def main() -> None:
         checks: dict[str, str] = {}
         reference = counts_of(runs["waxhouse"][0]) if "waxhouse" in runs else None
         for name in names:
-            if name in AGGREGATING and name != "waxhouse" and reference is not None:
+            peer = name.partition("@")[0]
+            if peer in AGGREGATING and name != "waxhouse" and reference is not None:
                 first = runs[name][0]
                 checks[name] = difference(reference, counts_of(first), first)
     if reference is not None:
         checks["waxhouse"] = f"reference ({sum(reference.values()):,} valid events)"
 
+    shown = [n for n in names if BASELINE not in n]
     command = "python -m bench.compare " + shlex.join(
-        ["--events", str(args.events), "--repeat", str(args.repeat), "--only", ",".join(names)]
+        ["--events", str(args.events), "--repeat", str(args.repeat), "--only", ",".join(shown)]
+        + (["--baseline", str(args.baseline)] if args.baseline else [])
     )
     heading = (
         f"{args.events:,} events (10,000 pages, 100,000 users), 4 partitions, median of "
@@ -318,6 +368,7 @@ def main() -> None:
         " `waxhouse`'s.",
         "",
         *client_note(runs),
+        *baseline_note(runs, base_commit),
         *quix_note(runs),
         "## Targets",
         "",
@@ -327,8 +378,9 @@ def main() -> None:
         "",
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compare.md").write_text("\n".join(lines))
-    chart(runs, heading, RESULTS / "compare.png")
+    stem = "compare" if base_commit is None else f"compare-vs-{base_commit[:7]}"
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+    chart(runs, heading, RESULTS / f"{stem}.png")
     print("\n".join(lines))
 
 

@@ -56,6 +56,9 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
     parser.add_argument("--topic", required=True)
     parser.add_argument("--out", required=True, type=Path, help="where the report goes")
+    parser.add_argument(
+        "--flow-repo", type=Path, default=None, help="ours: run the flow of this checkout"
+    )
     return parser.parse_args()
 
 

@@ -1,7 +1,9 @@
 """Ours: `python -m bytewax.run dataflows.clickstream` in bounded mode into a fresh chDB store.
 
 With `--check`, it only reads the counts back from that store's `page_stats` (a separate
-process, so the query is not part of the timed drain). `main(env)` runs it with extra
+process, so the query is not part of the timed drain). With `--flow-repo DIR` the flow is
+the one of another checkout (its `dataflows`, `connectors` and `waxhouse` packages, run
+from DIR), for a comparison with an earlier commit. `main(env)` runs it with extra
 settings (`bench.peers.waxhouse_confluent`); the Kafka client the flow says it uses is
 noted in the report.
 """
@@ -29,7 +31,9 @@ def store_url(out: Path) -> str:
     return f"chdb://{out.resolve().with_suffix('.chdb')}"
 
 
-def drain(servers: str, topic: str, out: Path, extra_env: Mapping[str, str]) -> None:
+def drain(
+    servers: str, topic: str, out: Path, extra_env: Mapping[str, str], repo: Path = REPO
+) -> None:
     report = Report()
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": servers,
@@ -40,7 +44,7 @@ def drain(servers: str, topic: str, out: Path, extra_env: Mapping[str, str]) -> 
         **extra_env,
     }
     done = subprocess.run(
-        flow_command(), cwd=REPO, env=flow_env(env), capture_output=True, text=True, check=False
+        flow_command(), cwd=repo, env=flow_env(env), capture_output=True, text=True, check=False
     )
     report.stop()
     if done.returncode != 0 or "records/s" not in done.stdout:
@@ -67,7 +71,7 @@ def main(extra_env: Mapping[str, str] | None = None) -> None:
         check(args.out)
     else:
         args = arguments(__doc__.splitlines()[0])
-        drain(args.bootstrap, args.topic, args.out, extra_env or {})
+        drain(args.bootstrap, args.topic, args.out, extra_env or {}, args.flow_repo or REPO)
 
 
 if __name__ == "__main__":
