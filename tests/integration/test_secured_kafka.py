@@ -25,6 +25,7 @@ from dataflows.settings import KAFKA_CLIENTS, KafkaClient
 from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow, start_flow
 from tests.support.kafka_broker import (
+    SECURED_PROTOCOLS,
     KafkaBroker,
     SecuredProtocol,
     TopicFactory,
@@ -64,6 +65,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
+@pytest.mark.parametrize("protocol", SECURED_PROTOCOLS)
 def test_a_bounded_run_through_a_secured_listener_equals_the_oracle(
     kafka_broker: KafkaBroker,
     topic_factory: TopicFactory,
