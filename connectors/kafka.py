@@ -22,6 +22,7 @@ from kafka.errors import (
     KafkaTimeoutError,
     SaslAuthenticationFailedError,
 )
+from kafka.net.connection import KafkaConnection
 
 from connectors.kafka_reader import (
     FETCH_MAX_WAIT_MS,
@@ -84,30 +85,50 @@ def _while_unreachable(what: str, action: Callable[[], T]) -> T:
     return retry_while_unreachable(what, action, _unreachable, _UNREACHABLE_TIMEOUT_S)
 
 
-class _RefusedLogins(logging.Filter):
-    """Notes the SASL authentication failures kafka-python meets while it bootstraps.
+class _RefusedLogins:
+    """Notes the SASL authentications kafka-python's connections fail.
 
     kafka-python 3.0 retries a refused login like an unreachable broker and reports only
-    `KafkaTimeoutError` at the end; the refusal itself reaches nothing but its log record,
-    whose arguments carry the exception object. This filter (it lets every record
-    through) keeps the newest such exception and when it came, so that `_connecting`
-    tells wrong credentials, which no retry mends, from an outage.
+    `KafkaTimeoutError` once its bootstrap time is up. So the watch wraps the one step
+    where a login is refused, `KafkaConnection._sasl_authenticate` (installed once, on
+    first use), and keeps what went wrong there: the broker's refusal
+    (`SaslAuthenticationFailedError`), or the connection lost mid-authentication, which
+    is how a refusal looks over TLS when the broker's close overtakes its answer.
     """
 
+    LOST_LOGINS = 2  # connections lost while authenticating that count as a refusal
+
     def __init__(self) -> None:
-        super().__init__()
-        self.latest: tuple[float, Exception] | None = None
+        self._failures: list[tuple[float, Exception]] = []
+        self._installed = False
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        for arg in args:
-            if isinstance(arg, SaslAuthenticationFailedError):
-                self.latest = (time.monotonic(), arg)
-        return True
+    def install(self) -> None:
+        if self._installed:
+            return
+        authenticate = KafkaConnection._sasl_authenticate
+        watch = self
 
-    def since(self, started: float) -> Exception | None:
-        latest = self.latest
-        return latest[1] if latest is not None and latest[0] >= started else None
+        async def watched(connection: Any, timeout_at: float | None = None) -> Any:
+            try:
+                return await authenticate(connection, timeout_at)
+            except (SaslAuthenticationFailedError, KafkaConnectionError) as e:
+                watch._failures = [*watch._failures[-9:], (time.monotonic(), e)]
+                raise
+
+        KafkaConnection._sasl_authenticate = watched
+        self._installed = True
+
+    def since(self, started: float) -> str | None:
+        """Why logins since `started` were refused, if they were."""
+        failures = [e for at, e in self._failures if at >= started]
+        refusals = [e for e in failures if isinstance(e, SaslAuthenticationFailedError)]
+        if refusals:
+            return str(refusals[-1])
+        if len(failures) >= self.LOST_LOGINS:
+            return (
+                f"the broker closed the connection during SASL authentication {len(failures)} times"
+            )
+        return None
 
 
 _REFUSED_LOGINS = _RefusedLogins()
@@ -116,9 +137,7 @@ _REFUSED_LOGINS = _RefusedLogins()
 def _connecting(bootstrap: str, client: Callable[[], T]) -> T:
     """`client()` (a kafka-python consumer or producer, which connects as it is made);
     wrong credentials fail at once with `SourceError`, an outage is retried."""
-    manager_log = logging.getLogger("kafka.net.manager")
-    if _REFUSED_LOGINS not in manager_log.filters:
-        manager_log.addFilter(_REFUSED_LOGINS)
+    _REFUSED_LOGINS.install()
 
     def attempt() -> T:
         started = time.monotonic()

@@ -26,7 +26,6 @@ from connectors.kafka_reader import (
     Fetched,
     KafkaTopicSource,
 )
-from dataflows.settings import StartingOffset
 from waxhouse.errors import SourceError
 
 logger = logging.getLogger(__name__)
@@ -331,25 +330,8 @@ class _ConfluentClient:
 class ConfluentKafkaSource(KafkaTopicSource):
     """Every partition of one topic, read with librdkafka (`read_committed`)."""
 
-    def __init__(
-        self,
-        bootstrap_servers: str,
-        topic: str,
-        starting_offset: StartingOffset = "earliest",
-        stop_at_end: bool = False,
-        client_options: Mapping[str, object] | None = None,
-        resumed: bool = False,
-        on_failure: Callable[[str], None] | None = None,
-    ) -> None:
-        super().__init__(
-            bootstrap_servers,
-            topic,
-            starting_offset,
-            stop_at_end,
-            librdkafka_options(client_options or {}),
-            resumed,
-            on_failure,
-        )
+    def _client_options(self, options: Mapping[str, object]) -> dict[str, object]:
+        return librdkafka_options(options)
 
     def _partitions(self) -> list[int]:
         errors = _ClientErrors(f"listing topic {self._topic!r}")

@@ -324,10 +324,14 @@ class KafkaTopicSource(FixedPartitionedSource[KeyedItem, int], ABC):
         self._topic = topic
         self._starting_offset = starting_offset
         self._stop_at_end = stop_at_end
-        self._options = dict(client_options or {})
+        self._options = self._client_options(client_options or {})
         self._resumed = resumed
         self._on_failure = on_failure
         self._known: int | None = None
+
+    def _client_options(self, options: Mapping[str, object]) -> dict[str, object]:
+        """The client's own names for `options` (kafka-python keyword names)."""
+        return dict(options)
 
     def list_parts(self) -> list[str]:
         partitions = self._partitions()
