@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from connectors.generator import ClickstreamGenerator, GeneratorConfig
-from tests.support.flow import recovery_args, start_flow
+from tests.support.flow import recovery_args, start_flow, wait_until_partitions_start
 from tests.support.kafka_broker import KafkaBroker, TopicFactory
 from tests.support.oracle import oracle
 from tests.support.produce import produce_records
@@ -34,11 +34,7 @@ def test_broker_down_for_ten_seconds_mid_run(
     }
     flow = start_flow(env, log, recovery_args(tmp_path / "recovery"))
     try:
-        deadline = time.monotonic() + 90
-        while log.read_text(errors="replace").count("starts at offset") < 4:
-            assert flow.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until_partitions_start(flow, log, 4, timeout_s=90)
         time.sleep(1.0)
         kafka_broker.shutdown()
         time.sleep(10)

@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.support.clickhouse import query_rows
-from tests.support.flow import run_flow, start_flow
+from tests.support.flow import run_flow, start_flow, wait_until_partitions_start
 from tests.support.kafka_broker import TopicFactory
 
 pytestmark = pytest.mark.integration
@@ -100,11 +100,7 @@ def test_live_mode_closes_idle_windows_and_sessions_by_wall_clock(
         log,
     )
     try:
-        deadline = time.monotonic() + 60
-        while log.read_text().count("starts at offset") < 2:
-            assert flow.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the flow did not start"
-            time.sleep(0.2)
+        wait_until_partitions_start(flow, log, 2, timeout_s=60)
         # No new event will ever arrive: only the idle clock can close these windows
         # (window 2 s + lateness 1 s) and sessions (gap 2 s + lateness 1 s).
         time.sleep(8)

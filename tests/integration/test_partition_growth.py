@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewPartitions
 
 from connectors.generator import GeneratedRecord
-from tests.support.flow import recovery_args, run_flow, start_flow
+from tests.support.flow import recovery_args, run_flow, start_flow, wait_until_partitions_start
 from tests.support.kafka_broker import TopicFactory
 from tests.support.oracle import oracle
 from tests.support.tables import assert_tables_match, read_tables
@@ -93,11 +93,7 @@ def test_a_new_partition_stops_the_flow_and_the_restart_reads_it_from_its_beginn
     }
     flow = start_flow(env, log, recovery_args(recovery))
     try:
-        deadline = time.monotonic() + 60
-        while log.read_text().count("starts at offset") < 2:
-            assert flow.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the flow did not start"
-            time.sleep(0.2)
+        wait_until_partitions_start(flow, log, 2, timeout_s=60)
         before, before_at = produce(kafka_bootstrap, topic, 0, 200)
         time.sleep(3)  # read, and snapshotted (every second)
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)

@@ -21,7 +21,7 @@ import pytest
 from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.clickhouse import query_rows
 from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
-from tests.support.flow import run_flow, start_flow
+from tests.support.flow import run_flow, start_flow, wait_until_partitions_start
 from tests.support.java_producer import JavaProducer
 from tests.support.kafka_broker import TopicFactory, create_topic, delete_topic
 from tests.support.oracle import oracle
@@ -155,11 +155,7 @@ def test_idle_windows_close_while_a_transaction_stays_open(
             log,
         )
         try:
-            deadline = time.monotonic() + 60
-            while log.read_text().count("starts at offset") < 2:
-                assert flow.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "the flow did not start"
-                time.sleep(0.2)
+            wait_until_partitions_start(flow, log, 2, timeout_s=60)
             # Only the idle clock can close these windows (2 s + lateness 1 s) and
             # sessions (gap 2 s + lateness 1 s): nothing committed comes after them.
             time.sleep(8)

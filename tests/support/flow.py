@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -92,3 +93,15 @@ def run_python(
 def run_cli(overrides: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run the `waxhouse` CLI with `args` to completion, in the flow's environment."""
     return run_python(["-m", "waxhouse.cli", *args], overrides)
+
+
+def wait_until_partitions_start(
+    flow: subprocess.Popen[bytes], log_path: Path, partitions: int, timeout_s: float = 90
+) -> None:
+    """Wait until a flow started with `start_flow` has opened `partitions` Kafka
+    partitions (their `starts at offset` lines); fail if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while log_path.read_text(errors="replace").count("starts at offset") < partitions:
+        assert flow.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"the flow did not start within {timeout_s:.0f} s"
+        time.sleep(0.1)
