@@ -22,7 +22,7 @@ from tests.support.flow import recovery_args, run_flow, start_flow
 from tests.support.oracle import oracle
 from tests.support.tables import assert_tables_match, read_tables
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 23
 EVENTS = 100_000  # at 5,000 a second: the disk fills long before the run would end

@@ -300,12 +300,14 @@ def live_run(
             flow.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_live_flow_dead_letters_every_bad_record_once(
     live_run: LiveRun, expected: Expected
 ) -> None:
     assert live_run.letters[-1] == len(expected.dead_letters)  # none missing, none twice
 
 
+@pytest.mark.slow
 def test_memory_stays_flat(live_run: LiveRun, expected: Expected) -> None:
     letters_after_first = len(expected.dead_letters) * (ROUNDS - 1) // ROUNDS
     leak = sum(live_run.payload_bytes[1:]) + LETTER_OVERHEAD * letters_after_first

@@ -434,6 +434,7 @@ def test_a_live_partition_is_caught_up_at_an_open_transaction(
 # A topic that gains partitions
 
 
+@pytest.mark.slow
 def test_a_new_partition_is_noticed_said_and_stops_the_partition(
     client: str,
     kafka_bootstrap: str,
@@ -497,6 +498,7 @@ def test_a_broker_restart_is_waited_out(
         part.close()
 
 
+@pytest.mark.slow
 def test_building_a_partition_waits_for_a_broker_that_is_down(
     client: str, kafka_broker: KafkaBroker, topic_factory: TopicFactory
 ) -> None:

@@ -26,7 +26,7 @@ from tests.support.oracle import oracle
 from tests.support.tables import assert_tables_match, read_tables
 from tests.support.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WINDOW_S, LATENESS_S, GAP_S = 2, 1, 2
 CUT_S = 4 * (WINDOW_S + LATENESS_S)

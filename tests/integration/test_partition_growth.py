@@ -26,7 +26,7 @@ from tests.support.kafka_broker import TopicFactory
 from tests.support.oracle import oracle
 from tests.support.tables import assert_tables_match, read_tables
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NOTICE_WITHIN_S = 30
 

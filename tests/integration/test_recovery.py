@@ -66,6 +66,7 @@ def stored_rows(url: str) -> int:
     return sum(query_rows(url, f"SELECT count() FROM {t}")[0][0] for t in tables)  # noqa: S608
 
 
+@pytest.mark.slow
 def test_kill_9_three_times_including_mid_flush_then_exact(
     kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
@@ -103,6 +104,7 @@ def test_kill_9_three_times_including_mid_flush_then_exact(
     assert min(progress) < final, f"every kill came after the work was done (seed {seed})"
 
 
+@pytest.mark.slow
 def test_downtime_longer_than_a_window_splits_nothing(
     kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:

@@ -178,6 +178,7 @@ def test_the_password_is_not_in_a_live_flows_metrics_or_output(
     assert listener.password not in output
 
 
+@pytest.mark.slow
 def test_a_wrong_password_fails_the_flow_and_says_why(
     kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
