@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.support.clickhouse import query_rows
-from tests.support.flow import run_flow, start_flow, wait_until_partitions_start
+from tests.support.flow import run_flow, run_live_while_idle
 from tests.support.kafka_broker import TopicFactory
 
 pytestmark = pytest.mark.integration
@@ -87,27 +87,17 @@ def test_live_mode_closes_idle_windows_and_sessions_by_wall_clock(
     produce(kafka_bootstrap, topic, events)
     url = f"chdb://{tmp_path / 'store'}"
     log = tmp_path / "flow.log"
-    flow = start_flow(
+    # No new event will ever arrive: only the idle clock can close these windows.
+    run_live_while_idle(
         {
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "KAFKA_TOPIC": topic,
             "KAFKA_DLQ_TOPIC": topic_factory(1, prefix="live-dlq"),
             "CLICKHOUSE_URL": url,
-            "WINDOW_SECONDS": "2",
-            "ALLOWED_LATENESS_SECONDS": "1",
-            "SESSION_GAP_SECONDS": "2",
         },
         log,
+        partitions=2,
     )
-    try:
-        wait_until_partitions_start(flow, log, 2, timeout_s=60)
-        # No new event will ever arrive: only the idle clock can close these windows
-        # (window 2 s + lateness 1 s) and sessions (gap 2 s + lateness 1 s).
-        time.sleep(8)
-        assert flow.poll() is None, "a live flow must keep running"
-    finally:
-        flow.kill()
-        flow.wait(timeout=30)
 
     views = query_rows(url, "SELECT page, sum(views) FROM page_stats GROUP BY page ORDER BY 1")
     assert views == [("/p0", 20), ("/p1", 20)]

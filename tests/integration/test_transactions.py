@@ -21,7 +21,7 @@ import pytest
 from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.clickhouse import query_rows
 from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
-from tests.support.flow import run_flow, start_flow, wait_until_partitions_start
+from tests.support.flow import run_flow, run_live_while_idle
 from tests.support.java_producer import JavaProducer
 from tests.support.kafka_broker import TopicFactory, create_topic, delete_topic
 from tests.support.oracle import oracle
@@ -141,28 +141,18 @@ def test_idle_windows_close_while_a_transaction_stays_open(
         producer.flush()  # written, not committed
         url = f"chdb://{tmp_path / 'store'}"
         log = tmp_path / "flow.log"
-        flow = start_flow(
+        # Only the idle clock can close these windows: nothing committed comes after them.
+        run_live_while_idle(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
                 "KAFKA_TOPIC": topic,
                 "KAFKA_DLQ_TOPIC": topic_factory(1, prefix="tx-live-dlq"),
                 "CLICKHOUSE_URL": url,
-                "WINDOW_SECONDS": "2",
-                "ALLOWED_LATENESS_SECONDS": "1",
-                "SESSION_GAP_SECONDS": "2",
                 **client_env(client),
             },
             log,
+            partitions=2,
         )
-        try:
-            wait_until_partitions_start(flow, log, 2, timeout_s=60)
-            # Only the idle clock can close these windows (2 s + lateness 1 s) and
-            # sessions (gap 2 s + lateness 1 s): nothing committed comes after them.
-            time.sleep(8)
-            assert flow.poll() is None, "a live flow must keep running"
-        finally:
-            flow.kill()
-            flow.wait(timeout=30)
     finally:
         producer.abort()
         producer.close()

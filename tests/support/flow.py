@@ -105,3 +105,24 @@ def wait_until_partitions_start(
         assert flow.poll() is None, log_path.read_text(errors="replace")[-3000:]
         assert time.monotonic() < deadline, f"the flow did not start within {timeout_s:.0f} s"
         time.sleep(0.1)
+
+
+# Small windows, so the idle clock closes them within seconds: window 2 s + lateness 1 s,
+# sessions gap 2 s + lateness 1 s.
+QUICK_WINDOWS = {"WINDOW_SECONDS": "2", "ALLOWED_LATENESS_SECONDS": "1", "SESSION_GAP_SECONDS": "2"}
+
+
+def run_live_while_idle(
+    overrides: Mapping[str, str], log_path: Path, partitions: int, idle_s: float = 8
+) -> None:
+    """Run the flow live with `QUICK_WINDOWS` until its `partitions` have started and then
+    for `idle_s` more, in which only the idle clock can close windows and sessions; it must
+    still run then. It is killed: whatever it wrote by then is what the test reads."""
+    flow = start_flow({**QUICK_WINDOWS, **overrides}, log_path)
+    try:
+        wait_until_partitions_start(flow, log_path, partitions, timeout_s=60)
+        time.sleep(idle_s)
+        assert flow.poll() is None, "a live flow must keep running"
+    finally:
+        flow.kill()
+        flow.wait(timeout=30)
