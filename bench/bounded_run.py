@@ -18,8 +18,8 @@ import tempfile
 import uuid
 
 from bench.common import bootstrap, produce, timed_flow
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.kafka_broker import create_topic
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 
 _RATE = re.compile(r"records in [\d.]+ s \(([\d,]+) records/s\)")
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator, Mapping
 import orjson
 from kafka import KafkaProducer
 
-from connectors.generator import GeneratedRecord
 from tests.support.flow import run_flow
 from tests.support.kafka_broker import KafkaBroker
+from waxhouse.connectors.generator import GeneratedRecord
 
 _SUMMARY = re.compile(r"waxhouse: ([\d,]+) records in [\d.]+ s \(([\d,]+) records/s\)")
 

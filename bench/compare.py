@@ -40,9 +40,9 @@ import orjson
 
 from bench.common import bootstrap, produce
 from bench.peers._job import WINDOW_MS
-from connectors.generator import ClickstreamGenerator, GeneratorConfig
 from tests.support.flow import REPO
 from tests.support.kafka_broker import create_topic
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
 
 RUNNERS = (
     "waxhouse",

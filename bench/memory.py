@@ -17,7 +17,7 @@ Bytes per open session = (peak RSS of `sessions` - peak RSS of `control`) / (ses
 and ClickHouse cost alike cancels out. The end of input flushes every open session to
 ClickHouse, so the peak includes writing them once.
 
-Then, in a fresh process each, the state alone: `dataflows.windows.PartitionWindows`
+Then, in a fresh process each, the state alone: `waxhouse.windows.PartitionWindows`
 (one per partition) fed the same events in batches, nothing flushed; the bytes of Python
 objects it holds afterwards (`tracemalloc`, after a full garbage collection). Writes
 `bench/results/memory.md`.
@@ -170,9 +170,9 @@ def state_bytes(shape: Shape) -> int:
     batches are gone (`tracemalloc`, after a full collection) is the windows' state. (RSS
     is no measure here: memory freed by the parser stays in the process.)
     """
-    from dataflows.events import parse_batch
-    from dataflows.records import InputBatch
-    from dataflows.windows import WindowConfig
+    from waxhouse.events import parse_batch
+    from waxhouse.records import InputBatch
+    from waxhouse.windows import WindowConfig
 
     config = WindowConfig(window_ms=60_000, lateness_ms=10_000, session_gap_ms=1_800_000)
     parts = [f"memory/{p}" for p in range(PARTITIONS)]

@@ -38,10 +38,10 @@ from typing import Literal
 import orjson
 
 from bench.common import bootstrap, produce, timed_flow
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
-from dataflows.events import Event, parse_record, parse_timestamp
 from tests.support.clickhouse import query_rows
 from tests.support.kafka_broker import create_topic
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
+from waxhouse.events import Event, parse_record, parse_timestamp
 
 Kind = Literal["backfill", "live-like"]
 KINDS: tuple[Kind, Kind] = ("backfill", "live-like")

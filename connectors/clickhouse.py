@@ -22,14 +22,14 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError
 
-from connectors.clickhouse_store import (
+from waxhouse.connectors.clickhouse_store import (
     ClickHouseTarget,
     ensure_schema,
     open_client,
     parse_clickhouse_url,
     wait_for_schema,
 )
-from connectors.metrics import (
+from waxhouse.connectors.metrics import (
     SINK_BATCH_SECONDS,
     SINK_BATCHES,
     SINK_ERRORS,
@@ -37,8 +37,8 @@ from connectors.metrics import (
     SINK_ROWS,
     observe_freshness,
 )
-from dataflows.rows import RowBatch
 from waxhouse.errors import SinkError
+from waxhouse.rows import RowBatch
 
 __all__ = [
     "DEAD_LETTERS_TABLE",
@@ -94,7 +94,7 @@ TRANSIENT_ERROR_CODES = frozenset(
 class TableSpec:
     """A physical table: its name, the metric label (the contract name), columns, types.
 
-    The columns are the fields of its row type (`dataflows.rows`), in order: rows are
+    The columns are the fields of its row type (`waxhouse.rows`), in order: rows are
     inserted as they are. Times go in as epoch milliseconds, the ticks of
     `DateTime64(3, 'UTC')`, and money as integer cents.
     """

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 Scheme = Literal["http", "https", "chdb"]
 
 DEFAULT_PORTS: dict[str, int] = {"http": 8123, "https": 8443}
-SCHEMA_PACKAGE = "connectors.sql"
+SCHEMA_PACKAGE = "waxhouse.connectors.sql"
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from dataflows.records import InputBatch, SourceItem
+from waxhouse.records import InputBatch, SourceItem
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Kafka I/O on kafka-python: a partitioned Bytewax source and the dead-letter sink.
 
-The source adapts kafka-python's consumer to `connectors.kafka_reader`, which holds the
+The source adapts kafka-python's consumer to `waxhouse.connectors.kafka_reader`, which holds the
 partition state machine both Kafka clients share (offsets, bounded mode, idle ticks, new
 partitions). Reads are `read_committed`; every codec kafka-python knows (gzip, snappy,
 lz4, zstd) decodes with the pinned codec packages.
@@ -24,16 +24,16 @@ from kafka.errors import (
 )
 from kafka.net.connection import KafkaConnection
 
-from connectors.kafka_reader import (
+from waxhouse.connectors.kafka_reader import (
     FETCH_MAX_WAIT_MS,
     METADATA_MAX_AGE_S,
     FetchAnswer,
     Fetched,
     KafkaTopicSource,
 )
-from connectors.metrics import DLQ_RECORDS
-from dataflows.rows import DeadLetterRow
+from waxhouse.connectors.metrics import DLQ_RECORDS
 from waxhouse.errors import SinkError, SourceError
+from waxhouse.rows import DeadLetterRow
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Kafka source on confluent-kafka (librdkafka), chosen with `KAFKA_CLIENT=confluent`.
 
-The same contract as `connectors.kafka.KafkaSource`: both adapt their consumer to
-`connectors.kafka_reader`, the partition state machine they share. librdkafka decodes
+The same contract as `waxhouse.connectors.kafka.KafkaSource`: both adapt their consumer to
+`waxhouse.connectors.kafka_reader`, the partition state machine they share. librdkafka decodes
 records in C and prefetches in the background, which reads several times as fast as
 kafka-python's pure-Python decoding. Only the flow imports this module, and only when it
 is selected, so kafka-python users need not install confluent-kafka (the `confluent`
@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from connectors.kafka import retry_while_unreachable
-from connectors.kafka_reader import (
+from waxhouse.connectors.kafka import retry_while_unreachable
+from waxhouse.connectors.kafka_reader import (
     FETCH_MAX_WAIT_MS,
     METADATA_MAX_AGE_S,
     FetchAnswer,

@@ -1,7 +1,7 @@
 """One Kafka partition as a resumable Bytewax source partition, whatever the client.
 
-Both Kafka clients (kafka-python in `connectors.kafka`, confluent-kafka in
-`connectors.kafka_confluent`) share the state machine here; each adapts its consumer to
+Both Kafka clients (kafka-python in `waxhouse.connectors.kafka`, confluent-kafka in
+`waxhouse.connectors.kafka_confluent`) share the state machine here; each adapts its consumer to
 the small `PartitionClient` protocol. What the machine guarantees:
 
 - **Offsets.** The snapshot is the next offset to read. It moves past every record
@@ -32,10 +32,10 @@ from typing import Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.metrics import CONSUMER_LAG, RECORDS_CONSUMED, UNREAD_PARTITIONS
-from dataflows.records import IdleTick, InputBatch, SourceItem
-from dataflows.settings import StartingOffset
+from waxhouse.connectors.metrics import CONSUMER_LAG, RECORDS_CONSUMED, UNREAD_PARTITIONS
 from waxhouse.errors import SourceError
+from waxhouse.records import IdleTick, InputBatch, SourceItem
+from waxhouse.settings import StartingOffset
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     waxhouse produce --rate 500                 # until stopped (SIGTERM / Ctrl-C)
     waxhouse produce --rate 2000 --events 100000
 
-Events are the generator's (`connectors.generator`), with event time starting now and
+Events are the generator's (`waxhouse.connectors.generator`), with event time starting now and
 advancing at the chosen rate, so a live flow sees live data. Records are keyed by
 `user_id`, as the pipeline expects, and carry their event time as the Kafka timestamp.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from connectors.generator import ClickstreamGenerator, GeneratorConfig
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
 from waxhouse.errors import SourceError
 
 logger = logging.getLogger(__name__)

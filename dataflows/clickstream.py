@@ -16,19 +16,19 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 
-from connectors.clickhouse import ClickHouseSink, RetryPolicy
-from connectors.generator import GeneratorConfig, GeneratorSource
-from connectors.kafka import DLQ_PART, KafkaDeadLetterSink, KafkaSource
-from dataflows.records import SourceItem
-from dataflows.settings import Settings, load_settings
-from dataflows.steps import Parse, PartitionWindowLogic
-from dataflows.windows import WindowConfig
+from waxhouse.connectors.clickhouse import ClickHouseSink, RetryPolicy
+from waxhouse.connectors.generator import GeneratorConfig, GeneratorSource
+from waxhouse.connectors.kafka import DLQ_PART, KafkaDeadLetterSink, KafkaSource
 from waxhouse.errors import SettingsError
 from waxhouse.logs import configure_logging
+from waxhouse.records import SourceItem
 from waxhouse.recovery import prepare_recovery
 from waxhouse.report import RunReport
 from waxhouse.runtime import stop_on_sigterm, tune_garbage_collector
+from waxhouse.settings import Settings, load_settings
+from waxhouse.steps import Parse, PartitionWindowLogic
 from waxhouse.stopping import flow_stopper
+from waxhouse.windows import WindowConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _kafka_source_class(
 ) -> Callable[..., FixedPartitionedSource[tuple[str, SourceItem], Any]]:
     """`KafkaSource`, or the confluent-kafka one (an optional dependency: imported if chosen)."""
     if settings.kafka_client == "confluent":
-        from connectors.kafka_confluent import ConfluentKafkaSource
+        from waxhouse.connectors.kafka_confluent import ConfluentKafkaSource
 
         return ConfluentKafkaSource
     return KafkaSource

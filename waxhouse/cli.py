@@ -29,17 +29,17 @@ from typing import Any, TextIO
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from kafka.errors import KafkaError
 
-from connectors.clickhouse_store import (
+from waxhouse.connectors.clickhouse_store import (
     ClickHouseTarget,
     ensure_schema,
     open_client,
     parse_clickhouse_url,
     schema_statements,
 )
-from connectors.loadgen import LoadConfig, LoadGenerator
-from dataflows.settings import Settings, load_settings
+from waxhouse.connectors.loadgen import LoadConfig, LoadGenerator
 from waxhouse.errors import SettingsError, SourceError, WaxhouseError
 from waxhouse.logs import configure_logging
+from waxhouse.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from dataflows.settings import Settings, mask_url
 from waxhouse.runargs import bytewax_run_args, is_cluster
+from waxhouse.settings import Settings, mask_url
 
 logger = logging.getLogger(__name__)
 

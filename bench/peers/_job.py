@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from dataflows.events import EVENT_TYPES, InvalidField, parse_timestamp
+from waxhouse.events import EVENT_TYPES, InvalidField, parse_timestamp
 
 WINDOW_MS = 60_000
 _LIMITS = (("event_id", 128), ("user_id", 256), ("page", 2048))

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from connectors.generator import ClickstreamGenerator, GeneratorConfig
 from tests.support.flow import recovery_args, start_flow, wait_until_partitions_start
 from tests.support.kafka_broker import KafkaBroker, TopicFactory
 from tests.support.oracle import oracle
 from tests.support.produce import produce_records
 from tests.support.tables import assert_tables_match, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,18 +20,18 @@ from bytewax.testing import TestingSource, run_main
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
-from connectors.clickhouse import (
+from tests.support.clickhouse import query_rows
+from tests.support.flow import run_cli
+from waxhouse.connectors.clickhouse import (
     ClickHouseSink,
     RetryPolicy,
     ensure_schema,
     open_client,
     parse_clickhouse_url,
 )
-from connectors.clickhouse_store import ClickHouseTarget
-from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
-from tests.support.clickhouse import query_rows
-from tests.support.flow import run_cli
+from waxhouse.connectors.clickhouse_store import ClickHouseTarget
 from waxhouse.errors import SinkError
+from waxhouse.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
 
 pytestmark = pytest.mark.integration
 
@@ -339,7 +339,7 @@ def test_unreachable_server_fails_after_the_retry_budget(caplog: pytest.LogCaptu
         sink.build_part("out", "clickhouse", None)
 
     assert isinstance(raised.value.__cause__, OperationalError)
-    retries = [r for r in caplog.records if r.name == "connectors.clickhouse"]
+    retries = [r for r in caplog.records if r.name == "waxhouse.connectors.clickhouse"]
     assert len(retries) == 2
     assert "top/secret" not in caplog.text and "top%2Fsecret" not in caplog.text
     assert "top/secret" not in str(raised.value)

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow
 from tests.support.kafka_broker import create_topic
 from tests.support.oracle import Expected, Invalid, oracle, oracle_event
 from tests.support.produce import produce_records
 from tests.support.tables import Tables, as_comparable, expected_dead_letters, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 
 pytestmark = pytest.mark.integration
 

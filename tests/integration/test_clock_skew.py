@@ -9,13 +9,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow
 from tests.support.kafka_broker import TopicFactory
 from tests.support.oracle import oracle
 from tests.support.produce import produce_records
 from tests.support.tables import assert_tables_match, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 
 pytestmark = pytest.mark.integration
 

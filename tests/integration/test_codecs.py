@@ -18,13 +18,13 @@ import pytest
 from kafka.record import MemoryRecords
 from kafka.record.default_records import DefaultRecordBase
 
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow
 from tests.support.java_producer import produce_with_java
 from tests.support.kafka_broker import KafkaBroker, create_topic, delete_topic
 from tests.support.oracle import Expected, oracle
 from tests.support.tables import Tables, assert_tables_match, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 
 pytestmark = pytest.mark.integration
 

@@ -24,11 +24,11 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.generator import GeneratedRecord
 from tests.support.clickhouse import query_rows
 from tests.support.flow import start_flow
 from tests.support.kafka_broker import TopicFactory
 from tests.support.produce import produce_records
+from waxhouse.connectors.generator import GeneratedRecord
 from waxhouse.monitoring import REPO, exposition_types, promql_metric_names, served_family
 
 pytestmark = pytest.mark.integration

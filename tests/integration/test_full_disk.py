@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.generator import ClickstreamGenerator, GeneratorConfig
 from tests.support.flow import recovery_args, run_flow, start_flow
 from tests.support.oracle import oracle
 from tests.support.tables import assert_tables_match, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

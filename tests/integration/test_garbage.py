@@ -28,21 +28,21 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from connectors.generator import (
+from tests.support.flow import run_flow, start_flow, wait_until_partitions_start
+from tests.support.kafka_broker import create_topic, delete_topic
+from tests.support.oracle import Expected, Invalid, oracle, oracle_event
+from tests.support.produce import produce_records
+from tests.support.tables import Tables, assert_tables_match, expected_dead_letters, read_tables
+from waxhouse.connectors.generator import (
     HUGE_MAX_CHARS,
     HUGE_MIN_CHARS,
     ClickstreamGenerator,
     GeneratedRecord,
     GeneratorConfig,
 )
-from dataflows.events import Event, parse_batch
-from dataflows.records import InputBatch
-from dataflows.rows import DeadLetterRow
-from tests.support.flow import run_flow, start_flow, wait_until_partitions_start
-from tests.support.kafka_broker import create_topic, delete_topic
-from tests.support.oracle import Expected, Invalid, oracle, oracle_event
-from tests.support.produce import produce_records
-from tests.support.tables import Tables, assert_tables_match, expected_dead_letters, read_tables
+from waxhouse.events import Event, parse_batch
+from waxhouse.records import InputBatch
+from waxhouse.rows import DeadLetterRow
 
 pytestmark = pytest.mark.integration
 

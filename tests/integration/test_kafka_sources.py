@@ -1,7 +1,7 @@
 """Both Kafka sources against a real broker, partition objects driven directly.
 
 Every test runs with each client (kafka-python, confluent-kafka): they share one partition
-state machine (`connectors.kafka_reader`), and each must feed it the same truths. Topics
+state machine (`waxhouse.connectors.kafka_reader`), and each must feed it the same truths. Topics
 are written with kafka-python (not the client under test), and `build_part` /
 `next_batch` are called the way Bytewax does, in loops bounded by a count and a deadline.
 The last test runs the whole flow with `KAFKA_CLIENT=confluent` against the oracle.
@@ -20,18 +20,18 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewPartitions
 
-from connectors import kafka, kafka_confluent, kafka_reader
-from connectors.generator import ClickstreamGenerator, GeneratorConfig
-from connectors.kafka import KafkaSource
-from connectors.kafka_confluent import ConfluentKafkaSource, librdkafka_options
-from connectors.kafka_reader import KafkaPartition, KafkaTopicSource
-from dataflows.records import IdleTick, InputBatch
 from tests.support.flow import run_flow
 from tests.support.kafka_broker import KafkaBroker, TopicFactory, create_topic
 from tests.support.oracle import oracle
 from tests.support.produce import produce_records
 from tests.support.tables import assert_tables_match, read_tables
+from waxhouse.connectors import kafka, kafka_confluent, kafka_reader
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
+from waxhouse.connectors.kafka import KafkaSource
+from waxhouse.connectors.kafka_confluent import ConfluentKafkaSource, librdkafka_options
+from waxhouse.connectors.kafka_reader import KafkaPartition, KafkaTopicSource
 from waxhouse.errors import SourceError
+from waxhouse.records import IdleTick, InputBatch
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,12 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from connectors.generator import GeneratedRecord
 from tests.support.flow import start_flow, wait_until_partitions_start
 from tests.support.kafka_broker import KafkaBroker, TopicFactory
 from tests.support.oracle import oracle
 from tests.support.tables import assert_tables_match, read_tables
 from tests.support.tcp_proxy import TcpProxy
+from waxhouse.connectors.generator import GeneratedRecord
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

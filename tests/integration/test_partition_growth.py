@@ -20,11 +20,11 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewPartitions
 
-from connectors.generator import GeneratedRecord
 from tests.support.flow import recovery_args, run_flow, start_flow, wait_until_partitions_start
 from tests.support.kafka_broker import TopicFactory
 from tests.support.oracle import oracle
 from tests.support.tables import assert_tables_match, read_tables
+from waxhouse.connectors.generator import GeneratedRecord
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -26,11 +26,11 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.flow import start_flow
 from tests.support.kafka_broker import TopicFactory
 from tests.support.oracle import oracle
 from tests.support.produce import produce_records
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 
 INSTALL = (
     "apt-get update && DEBIAN_FRONTEND=noninteractive "

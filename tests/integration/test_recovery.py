@@ -17,13 +17,13 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from connectors.generator import ClickstreamGenerator, GeneratorConfig
 from tests.support.clickhouse import query_rows
 from tests.support.flow import recovery_args, run_flow, start_flow
 from tests.support.kafka_broker import TopicFactory
 from tests.support.oracle import oracle
 from tests.support.produce import produce_records
 from tests.support.tables import assert_tables_match, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
 
 pytestmark = pytest.mark.integration
 

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import pytest
 
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.flow import recovery_args, run_flow, start_flow
 from tests.support.kafka_broker import LOOPBACK, create_topic
 from tests.support.oracle import Expected, oracle
 from tests.support.produce import produce_records
 from tests.support.tables import Tables, assert_tables_match, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 
 pytestmark = pytest.mark.integration
 

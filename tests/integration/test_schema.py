@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from connectors.clickhouse import ClickHouseSink, RetryPolicy
-from connectors.clickhouse_store import (
+from tests.support.flow import run_cli
+from waxhouse.connectors.clickhouse import ClickHouseSink, RetryPolicy
+from waxhouse.connectors.clickhouse_store import (
     ensure_schema,
     missing_schema_objects,
     open_client,
@@ -23,7 +24,6 @@ from connectors.clickhouse_store import (
     schema_statements,
     wait_for_schema,
 )
-from tests.support.flow import run_cli
 from waxhouse.errors import SinkError
 
 pytestmark = pytest.mark.integration

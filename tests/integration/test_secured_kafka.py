@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
-from dataflows.settings import KAFKA_CLIENTS, KafkaClient
 from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow, start_flow
 from tests.support.kafka_broker import (
@@ -33,6 +31,8 @@ from tests.support.kafka_broker import (
 from tests.support.oracle import Expected, oracle
 from tests.support.produce import produce_records
 from tests.support.tables import assert_tables_match, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
+from waxhouse.settings import KAFKA_CLIENTS, KafkaClient
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from tests.support.clickhouse import query_rows
 from tests.support.dlq import assert_dlq_equals_the_table, read_dlq
 from tests.support.flow import run_flow, run_live_while_idle
@@ -26,6 +25,7 @@ from tests.support.java_producer import JavaProducer
 from tests.support.kafka_broker import TopicFactory, create_topic, delete_topic
 from tests.support.oracle import oracle
 from tests.support.tables import assert_tables_match, read_tables
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.clickhouse_store import open_client, parse_clickhouse_url
+from waxhouse.connectors.clickhouse_store import open_client, parse_clickhouse_url
 
 
 def query_rows(

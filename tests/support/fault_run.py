@@ -21,8 +21,8 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from connectors import clickhouse
-from dataflows.rows import RowBatch
+from waxhouse.connectors import clickhouse
+from waxhouse.rows import RowBatch
 
 
 def _kill_mid_flush(at_write: int) -> None:

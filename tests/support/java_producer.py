@@ -31,8 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from connectors.generator import GeneratedRecord
 from tests.support.kafka_broker import resolve_kafka_jars
+from waxhouse.connectors.generator import GeneratedRecord
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from connectors.generator import GeneratedRecord
+from waxhouse.connectors.generator import GeneratedRecord
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 WINDOW_MS, GAP_MS = 60_000, 1_800_000

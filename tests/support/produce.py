@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kafka import KafkaProducer
 
-from connectors.generator import GeneratedRecord
+from waxhouse.connectors.generator import GeneratedRecord
 
 
 def produce_records(bootstrap: str, topic: str, records: list[GeneratedRecord]) -> dict[int, str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from connectors.generator import GeneratedRecord
 from tests.support.clickhouse import query_rows
 from tests.support.oracle import Expected
+from waxhouse.connectors.generator import GeneratedRecord
 
 PAGE_STATS_SQL = """
     SELECT toUnixTimestamp64Milli(window_start), toUnixTimestamp64Milli(window_end), page,

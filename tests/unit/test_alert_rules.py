@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-import connectors.metrics  # noqa: F401  (registers the flow's metrics)
+import waxhouse.connectors.metrics  # noqa: F401  (registers the flow's metrics)
 from waxhouse.monitoring import (
     PROMETHEUS_RULE_PATH,
     REPO,

@@ -22,7 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from connectors.clickhouse import (
+from waxhouse.cli import render_json_lines, render_table
+from waxhouse.connectors.clickhouse import (
     DEAD_LETTERS_TABLE,
     PAGE_STATS_TABLE,
     USER_SESSIONS_TABLE,
@@ -38,9 +39,8 @@ from connectors.clickhouse import (
     is_transient,
     parse_clickhouse_url,
 )
-from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
-from waxhouse.cli import render_json_lines, render_table
 from waxhouse.errors import SettingsError, SinkError
+from waxhouse.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
 
 UTC = timezone.utc
 MAX_TS_MS = 253402300799999

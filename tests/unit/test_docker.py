@@ -25,11 +25,11 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from connectors.clickhouse_store import parse_clickhouse_url
-from dataflows.settings import load_settings
 from tests.support.compose import interpolate, read_env_file, refs_in
 from tests.support.compose_schema import ComposeSchemaUnavailable, compose_spec_schema
 from waxhouse.cli import build_parser
+from waxhouse.connectors.clickhouse_store import parse_clickhouse_url
+from waxhouse.settings import load_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,7 +45,7 @@ DOCKERIGNORE_PATH = DOCKER / "Dockerfile.dockerignore"
 REQUIREMENTS_PATH = DOCKER / "requirements.txt"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 ENTRYPOINT_RECOVERY = DOCKER / "entrypoint-recovery.sh"
-SETTINGS_PATH = REPO / "dataflows" / "settings.py"
+SETTINGS_PATH = REPO / "waxhouse" / "settings.py"
 PROMETHEUS_CONFIG_PATH = DOCKER / "prometheus" / "prometheus.yml"
 GRAFANA_PROVISIONING = DOCKER / "grafana" / "provisioning"
 
@@ -97,7 +97,7 @@ def project_version() -> str:
 
 
 def settings_env_names() -> set[str]:
-    """The environment variables dataflows/settings.py reads (its quoted NAME_LIKE_THIS)."""
+    """The environment variables waxhouse/settings.py reads (its quoted NAME_LIKE_THIS)."""
     source = SETTINGS_PATH.read_text(encoding="utf-8")
     return set(re.findall(r"[\"']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)[\"']", source))
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflows.events import (
+from waxhouse.events import (
     _RFC3339,
     MAX_TS_MS,
     Event,
@@ -20,8 +20,8 @@ from dataflows.events import (
     parse_record,
     parse_timestamp,
 )
-from dataflows.records import InputBatch
-from dataflows.rows import DeadLetterRow
+from waxhouse.records import InputBatch
+from waxhouse.rows import DeadLetterRow
 
 VALID = {
     "event_id": "e1",

@@ -200,8 +200,8 @@ def check_custom(obj: dict[str, Any]) -> None:
 
 
 def settings_names() -> set[str]:
-    """The environment variables dataflows/settings.py reads."""
-    names = set(SETTING_READ.findall((REPO / "dataflows" / "settings.py").read_text()))
+    """The environment variables waxhouse/settings.py reads."""
+    names = set(SETTING_READ.findall((REPO / "waxhouse" / "settings.py").read_text()))
     assert {"KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "WINDOW_SECONDS"} <= names, names
     return names
 
@@ -451,7 +451,7 @@ def test_configuration_names_settings_the_flow_reads(
         *(e["name"] for e in flow_container(statefulset)["env"]),
     ]
     unknown = [n for n in names if not is_known_setting(n, known)]
-    assert not unknown, f"not read by dataflows/settings.py: {unknown}"
+    assert not unknown, f"not read by waxhouse/settings.py: {unknown}"
 
 
 def test_secrets_come_from_the_secret_only(built: dict[str, list[dict[str, Any]]]) -> None:

@@ -15,7 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from kafka import KafkaConsumer, KafkaProducer
 
-from dataflows.settings import load_settings
 from tests.support.kafka_broker import (
     SECURED_PROTOCOLS,
     BrokerPorts,
@@ -29,6 +28,7 @@ from tests.support.kafka_broker import (
     server_properties,
 )
 from tests.support.tls import make_server_tls
+from waxhouse.settings import load_settings
 
 PORTS = BrokerPorts(
     broker=9092, controller=9093, sasl_plaintext=9094, sasl_ssl=9095, proxied=9096, proxy=9097

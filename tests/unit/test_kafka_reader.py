@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from connectors import kafka_reader
-from connectors.kafka_reader import (
+from waxhouse.connectors import kafka_reader
+from waxhouse.connectors.kafka_reader import (
     FetchAnswer,
     Fetched,
     KafkaPartition,
     TopicWatch,
     start_offset,
 )
-from dataflows.records import IdleTick, InputBatch
 from waxhouse.errors import SourceError
+from waxhouse.records import IdleTick, InputBatch
 
 PART = "events/0"
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.loadgen import STEP_RECORDS, LoadConfig, LoadGenerator, due_records
+from waxhouse.connectors.loadgen import STEP_RECORDS, LoadConfig, LoadGenerator, due_records
 
 
 class FakeFuture:
@@ -62,7 +62,9 @@ def test_records_are_never_sent_ahead_of_the_rate() -> None:
 
 
 def test_events_are_keyed_by_user_and_start_at_the_present(monkeypatch: Any) -> None:
-    monkeypatch.setattr("connectors.loadgen.time.time_ns", lambda: 1_800_000_000_000 * 10**6)
+    monkeypatch.setattr(
+        "waxhouse.connectors.loadgen.time.time_ns", lambda: 1_800_000_000_000 * 10**6
+    )
     producer = run(LoadConfig(rate=0.0, events=2_000, malformed_ratio=0.0))
     for _, key, value, timestamp_ms in producer.sent:
         event = orjson.loads(value)

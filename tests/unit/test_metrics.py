@@ -10,13 +10,13 @@ from clickhouse_connect.driver.exceptions import ProgrammingError
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import generate_latest
 
-from connectors.clickhouse import ClickHouseWriter, Retrier, RetryPolicy
-from connectors.metrics import WatermarkLag, observe_freshness
-from dataflows.records import InputBatch
-from dataflows.rows import PageStatsRow, RowBatch, SessionRow
-from dataflows.steps import Parse, PartitionWindowLogic
-from dataflows.windows import WindowConfig
+from waxhouse.connectors.clickhouse import ClickHouseWriter, Retrier, RetryPolicy
+from waxhouse.connectors.metrics import WatermarkLag, observe_freshness
 from waxhouse.errors import SinkError
+from waxhouse.records import InputBatch
+from waxhouse.rows import PageStatsRow, RowBatch, SessionRow
+from waxhouse.steps import Parse, PartitionWindowLogic
+from waxhouse.windows import WindowConfig
 
 parse = Parse()
 

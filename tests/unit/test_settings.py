@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dataflows.settings import Settings, load_settings, mask_url
 from tests.support.flow import flow_command, flow_env
 from waxhouse.errors import SettingsError
+from waxhouse.settings import Settings, load_settings, mask_url
 
 
 def test_defaults_are_embedded_mode_with_the_local_store() -> None:

@@ -8,9 +8,9 @@ from collections import defaultdict
 
 import pytest
 
-from dataflows.events import Event
-from dataflows.rows import PageStatsRow, RowBatch, SessionRow
-from dataflows.windows import PartitionWindows, WindowConfig
+from waxhouse.events import Event
+from waxhouse.rows import PageStatsRow, RowBatch, SessionRow
+from waxhouse.windows import PartitionWindows, WindowConfig
 
 W, L, GAP = 60_000, 10_000, 1_800_000
 CONFIG = WindowConfig(window_ms=W, lateness_ms=L, session_gap_ms=GAP)

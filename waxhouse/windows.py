@@ -21,9 +21,9 @@ import heapq
 from dataclasses import dataclass
 from itertools import accumulate
 
-from dataflows.events import Event
-from dataflows.records import record_source
-from dataflows.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
+from waxhouse.events import Event
+from waxhouse.records import record_source
+from waxhouse.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
 
 _NO_WATERMARK = -(2**62)
 _NEVER = 2**62

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.metrics import (
+from waxhouse.connectors.metrics import (
     DEAD_LETTERS,
     EVENTS_PARSED,
     LATE_EVENTS,
@@ -16,10 +16,10 @@ from connectors.metrics import (
     WATERMARK_LAG,
     WINDOW_ROWS,
 )
-from dataflows.events import DEFAULT_MAX_FUTURE_MS, Event, parse_batch
-from dataflows.records import IdleTick, SourceItem
-from dataflows.rows import DeadLetterRow, RowBatch
-from dataflows.windows import PartitionWindows, WindowConfig
+from waxhouse.events import DEFAULT_MAX_FUTURE_MS, Event, parse_batch
+from waxhouse.records import IdleTick, SourceItem
+from waxhouse.rows import DeadLetterRow, RowBatch
+from waxhouse.windows import PartitionWindows, WindowConfig
 
 
 @dataclass(frozen=True, slots=True)

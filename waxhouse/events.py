@@ -15,8 +15,8 @@ from typing import Literal, NamedTuple
 
 import orjson
 
-from dataflows.records import InputBatch, record_source
-from dataflows.rows import DeadLetterRow
+from waxhouse.records import InputBatch, record_source
+from waxhouse.rows import DeadLetterRow
 
 EventType = Literal["page_view", "click", "add_to_cart", "purchase"]
 EVENT_TYPES: frozenset[str] = frozenset(("page_view", "click", "add_to_cart", "purchase"))
