@@ -42,9 +42,7 @@ from waxhouse.rows import RowBatch
 
 __all__ = [
     "DEAD_LETTERS_TABLE",
-    "PAGE_STATS_TABLE",
     "TRANSIENT_ERROR_CODES",
-    "USER_SESSIONS_TABLE",
     "ClickHouseSink",
     "ClickHouseTarget",
     "ClickHouseWriter",
@@ -64,7 +62,6 @@ T = TypeVar("T")
 
 PART_NAME = "clickhouse"
 _DATETIME = "DateTime64(3, 'UTC')"
-_CENTS = "Int64"
 
 # ClickHouse error codes worth another attempt: overload, timeouts, network, replicas.
 TRANSIENT_ERROR_CODES = frozenset(
@@ -92,65 +89,27 @@ TRANSIENT_ERROR_CODES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
-    """A physical table: its name, the metric label (the contract name), columns, types.
+    """A physical table: its name, the metric label (the name users query), columns, types.
 
-    The columns are the fields of its row type (`waxhouse.rows`), in order: rows are
-    inserted as they are. Times go in as epoch milliseconds, the ticks of
-    `DateTime64(3, 'UTC')`, and money as integer cents.
+    Rows are tuples in `columns` order, inserted as they are. Times go in as epoch
+    milliseconds, the ticks of `DateTime64(3, 'UTC')`, and decimals as scaled integers.
+    `end_column`: the index of the column where a row's window ends, if it has one
+    (`waxhouse_window_freshness_seconds` measures from it).
     """
 
     name: str
     label: str
     columns: tuple[str, ...]
     types: tuple[str, ...]
+    end_column: int | None = None
 
 
-PAGE_STATS_TABLE = TableSpec(
-    name="page_stats_data",
-    label="page_stats",
-    columns=(
-        "window_start",
-        "window_end",
-        "page",
-        "part",
-        "views",
-        "clicks",
-        "add_to_carts",
-        "purchases",
-        "revenue_cents",
-        "unique_users",
-        "version",
-    ),
-    types=(_DATETIME, _DATETIME, "String", "String", *["UInt64"] * 4, _CENTS, "UInt64", "UInt64"),
-)
-USER_SESSIONS_TABLE = TableSpec(
-    name="user_sessions_data",
-    label="user_sessions",
-    columns=(
-        "user_id",
-        "session_start",
-        "session_end",
-        "events",
-        "page_views",
-        "purchases",
-        "revenue_cents",
-        "entry_page",
-        "exit_page",
-        "version",
-    ),
-    types=("String", _DATETIME, _DATETIME, *["UInt64"] * 3, _CENTS, "String", "String", "UInt64"),
-)
 DEAD_LETTERS_TABLE = TableSpec(
     name="dead_letters_data",
     label="dead_letters",
     columns=("source", "reason", "error", "payload", "received_at"),
     types=("String", "String", "String", "String", _DATETIME),
 )
-# Where a table's rows end (epoch ms): `waxhouse_window_freshness_seconds` measures from it.
-_FRESHNESS_END_COLUMN = {
-    PAGE_STATS_TABLE.name: PAGE_STATS_TABLE.columns.index("window_end"),
-    USER_SESSIONS_TABLE.name: USER_SESSIONS_TABLE.columns.index("session_end"),
-}
 
 
 # --- retries (pure) ---------------------------------------------------------------------
@@ -269,22 +228,31 @@ class Retrier:
 
 
 class ClickHouseWriter:
-    """Writes a `RowBatch` table by table: all I/O goes through `_insert`."""
+    """Writes a `RowBatch` table by table (`tables`, then the dead letters): all I/O goes
+    through `_insert`."""
 
     def __init__(
         self,
         client: InsertClient,
+        tables: Sequence[TableSpec],
         retrier: Retrier | None = None,
         max_insert_rows: int = 100_000,
     ) -> None:
         self._client = client
+        self._tables = tuple(tables)
+        known = {table.label for table in self._tables}
+        if len(known) != len(self._tables) or DEAD_LETTERS_TABLE.label in known:
+            raise ValueError(f"table names must be unique and not dead_letters: {sorted(known)}")
         self._retrier = retrier or Retrier()
         self._max_insert_rows = max_insert_rows
 
     def write(self, batch: RowBatch) -> None:
         """Insert every row of `batch`; returns once all are in ClickHouse."""
-        self._insert(PAGE_STATS_TABLE, batch.page_stats)
-        self._insert(USER_SESSIONS_TABLE, batch.sessions)
+        unknown = set(batch.tables) - {table.label for table in self._tables}
+        if unknown:
+            raise ValueError(f"rows for tables this sink does not write: {sorted(unknown)}")
+        for table in self._tables:
+            self._insert(table, batch.tables.get(table.label, ()))
         self._insert(DEAD_LETTERS_TABLE, batch.dead_letters)
 
     def _insert(self, table: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -309,9 +277,8 @@ class ClickHouseWriter:
             )
         SINK_ROWS.labels(table.label).inc(len(rows))
         SINK_BATCHES.labels(table.label).inc()
-        end_column = _FRESHNESS_END_COLUMN.get(table.name)
-        if end_column is not None:
-            observe_freshness(table.label, columns[end_column])
+        if table.end_column is not None:
+            observe_freshness(table.label, columns[table.end_column])
 
 
 def _describe(error: Error) -> str:
@@ -447,7 +414,9 @@ class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
 
 
 class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
-    """Writes `(key, RowBatch)` items to ClickHouse through one partition, `"clickhouse"`.
+    """Writes `(key, RowBatch)` items to ClickHouse through one partition, `"clickhouse"`:
+    the rows of `tables` and the dead letters. `statements`: the DDL of the tables and
+    their views, as `(name, statement)`; the dead letters' table is added.
 
     `on_close` is called with the open client just before it closes (at the end of a
     bounded run), e.g. to print a summary. With `create_schema` (the default) the sink
@@ -459,11 +428,15 @@ class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
     def __init__(
         self,
         target: ClickHouseTarget | str,
+        tables: Sequence[TableSpec],
+        statements: Sequence[tuple[str, str]],
         retry: RetryPolicy | None = None,
         on_close: Callable[[Client], None] | None = None,
         create_schema: bool = True,
     ) -> None:
         self._target = parse_clickhouse_url(target) if isinstance(target, str) else target
+        self._tables = tuple(tables)
+        self._statements = tuple(statements)
         self._retry = retry or RetryPolicy()
         self._on_close = on_close
         self._create_schema = create_schema
@@ -482,7 +455,10 @@ class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
             client = thread.call(
                 lambda: retrier.call(
                     lambda: _open_with_schema(
-                        self._target, self._create_schema, self._retry.max_elapsed_seconds
+                        self._target,
+                        self._statements,
+                        self._create_schema,
+                        self._retry.max_elapsed_seconds,
                     ),
                     f"Opening {self._target}",
                 )
@@ -490,17 +466,22 @@ class ClickHouseSink(FixedPartitionedSink[RowBatch, None]):
         except BaseException:
             thread.close()
             raise
-        writer = ClickHouseWriter(client, retrier)
+        writer = ClickHouseWriter(client, self._tables, retrier)
         return _ClickHousePartition(thread, client, writer, self._on_close)
 
 
-def _open_with_schema(target: ClickHouseTarget, create: bool, wait_seconds: float) -> Client:
+def _open_with_schema(
+    target: ClickHouseTarget,
+    statements: Sequence[tuple[str, str]],
+    create: bool,
+    wait_seconds: float,
+) -> Client:
     client = open_client(target)
     try:
         if create:
-            ensure_schema(client)
+            ensure_schema(client, statements)
         else:
-            wait_for_schema(client, wait_seconds)
+            wait_for_schema(client, statements, wait_seconds)
     except BaseException:
         client.close()
         raise

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Literal
@@ -152,13 +152,17 @@ def _on_cluster(cluster: str | None) -> str:
     return "" if cluster is None else f" ON CLUSTER {quote_identifier(cluster)}"
 
 
-def schema_statements(cluster: str | None = None) -> list[tuple[str, str]]:
-    """The DDL files of `connectors/sql`, as `(file name, statement)` in name order.
+Statements = Sequence[tuple[str, str]]
+
+
+def schema_statements(tables: Statements, cluster: str | None = None) -> list[tuple[str, str]]:
+    """The DDL a pipeline applies, as `(name, statement)` in order: its tables' and views'
+    (`tables`, derived from its declaration), then the dead letters' (`connectors/sql`).
 
     With `cluster`, each statement is its replicated variant (`replicated_statement`).
     """
     files = [f for f in resources.files(SCHEMA_PACKAGE).iterdir() if f.name.endswith(".sql")]
-    statements = [
+    statements = [*tables] + [
         (f.name, f.read_text(encoding="utf-8")) for f in sorted(files, key=lambda f: f.name)
     ]
     if cluster is None:
@@ -187,9 +191,11 @@ def replicated_statement(statement: str, cluster: str) -> str:
     return _ENGINE.sub(r"ENGINE = Replicated\1", statement)
 
 
-def schema_objects() -> list[str]:
+def schema_objects(tables: Statements) -> list[str]:
     """The names of the tables and views the schema creates, in creation order."""
-    return [_created(statement).group(1).rsplit(" ", 1)[1] for _, statement in schema_statements()]
+    return [
+        _created(statement).group(1).rsplit(" ", 1)[1] for _, statement in schema_statements(tables)
+    ]
 
 
 def _created(statement: str) -> re.Match[str]:
@@ -200,17 +206,17 @@ def _created(statement: str) -> re.Match[str]:
     return found
 
 
-def ensure_schema(client: Client, cluster: str | None = None) -> None:
+def ensure_schema(client: Client, tables: Statements, cluster: str | None = None) -> None:
     """Create the tables and views if missing (and bring the views up to date). Idempotent.
 
     With `cluster`, the replicated variant is applied `ON CLUSTER cluster`.
     """
-    for name, statement in schema_statements(cluster):
+    for name, statement in schema_statements(tables, cluster):
         logger.debug("Applying %s", name)
         client.command(statement)
 
 
-def missing_schema_objects(client: Client) -> list[str]:
+def missing_schema_objects(client: Client, tables: Statements) -> list[str]:
     """The schema's tables and views that the client's database lacks."""
     present = {
         row[0]
@@ -218,11 +224,12 @@ def missing_schema_objects(client: Client) -> list[str]:
             "SELECT name FROM system.tables WHERE database = currentDatabase()"
         ).result_rows
     }
-    return [name for name in schema_objects() if name not in present]
+    return [name for name in schema_objects(tables) if name not in present]
 
 
 def wait_for_schema(
     client: Client,
+    tables: Statements,
     timeout_seconds: float,
     *,
     poll_seconds: float = 2.0,
@@ -234,7 +241,7 @@ def wait_for_schema(
     schema`, a Kubernetes Job) owns the DDL and the flow must not create tables itself.
     """
     started = clock()
-    while missing := missing_schema_objects(client):
+    while missing := missing_schema_objects(client, tables):
         if clock() - started >= timeout_seconds:
             raise SinkError(
                 f"ClickHouse lacks {', '.join(missing)} after {timeout_seconds:g} s: apply "

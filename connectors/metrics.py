@@ -40,15 +40,12 @@ DEAD_LETTERS = Counter(
     "Records rejected, by reason.",
     ["reason"],
 )
-LATE_OUTPUTS = ("page_stats", "user_sessions")
 LATE_EVENTS = Counter(
     "waxhouse_late_events_total",
-    "Valid events that arrived after their page_stats window or their user_sessions session "
-    "was emitted, by the output they missed; one event can count for both.",
+    "Valid events that arrived after their window or session of a table was emitted, by the "
+    "table (output) they missed; one event can count for several.",
     ["output"],
 )
-for _output in LATE_OUTPUTS:
-    LATE_EVENTS.labels(output=_output)  # both series exist, at 0, from the start
 WINDOW_ROWS = Counter(
     "waxhouse_window_rows_emitted_total",
     "Rows emitted by the windowing step, by table.",

@@ -1,4 +1,4 @@
-"""Clickstream analytics: events -> validation -> page_stats, user_sessions, dead_letters.
+"""Clickstream analytics: events -> page_stats, user_sessions, dead_letters.
 
     python -m bytewax.run dataflows.clickstream
 
@@ -8,110 +8,63 @@ and results land in the chDB store at ./data/clickhouse. See README.md for the r
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from typing import Any
-
-import bytewax.operators as op
-from bytewax.dataflow import Dataflow
-from bytewax.inputs import FixedPartitionedSource
-
-from waxhouse.connectors.clickhouse import ClickHouseSink, RetryPolicy
+import waxhouse
+from waxhouse import Pipeline, Schema, Table, agg, fields, windows
 from waxhouse.connectors.generator import GeneratorConfig, GeneratorSource
-from waxhouse.connectors.kafka import DLQ_PART, KafkaDeadLetterSink, KafkaSource
-from waxhouse.errors import SettingsError
-from waxhouse.logs import configure_logging
-from waxhouse.records import SourceItem
-from waxhouse.recovery import prepare_recovery
-from waxhouse.report import RunReport
-from waxhouse.runtime import stop_on_sigterm, tune_garbage_collector
-from waxhouse.settings import Settings, load_settings
-from waxhouse.steps import Parse, PartitionWindowLogic
-from waxhouse.stopping import flow_stopper
-from waxhouse.windows import WindowConfig
 
-logger = logging.getLogger(__name__)
+EVENT_TYPES = ("page_view", "click", "add_to_cart", "purchase")
 
-
-def _kafka_source_class(
-    settings: Settings,
-) -> Callable[..., FixedPartitionedSource[tuple[str, SourceItem], Any]]:
-    """`KafkaSource`, or the confluent-kafka one (an optional dependency: imported if chosen)."""
-    if settings.kafka_client == "confluent":
-        from waxhouse.connectors.kafka_confluent import ConfluentKafkaSource
-
-        return ConfluentKafkaSource
-    return KafkaSource
+events = Schema(
+    {
+        "event_id": fields.text(128),
+        "user_id": fields.text(256),
+        "type": fields.one_of(*EVENT_TYPES),
+        "page": fields.text(2048, intern=True),  # one str per page, however many events
+        "ts": fields.timestamp(),
+        "value": fields.money(),  # cents; missing means 0
+    },
+    event_time="ts",
+)
 
 
-def build_flow(
-    settings: Settings, resumed: bool = False, on_failure: Callable[[str], None] | None = None
-) -> Dataflow:
-    """The flow. `resumed`: it resumes from committed recovery state (a Kafka partition
-    without state is then new, and read from its beginning). `on_failure`: how a source
-    stops the flow when it cannot go on (default: it raises)."""
-    flow = Dataflow("clickstream")
-    source: FixedPartitionedSource[tuple[str, SourceItem], Any]
-    if settings.embedded:
-        generator = GeneratorConfig(seed=settings.generator_seed, events=settings.generator_events)
-        source = GeneratorSource(generator, rate=settings.generator_rate)
-    else:
-        source = _kafka_source_class(settings)(
-            settings.kafka_bootstrap_servers or "",
-            settings.kafka_topic,
-            starting_offset=settings.kafka_starting_offset,
-            stop_at_end=settings.kafka_stop_at_end,
-            client_options=settings.kafka_security.client_options(),
-            resumed=resumed,
-            on_failure=on_failure,
-        )
-    # (source partition, batch of raw records | idle tick)
-    batches = op.input("input", flow, source)
-    parsed = op.map_value("parse", batches, Parse(settings.max_future_ms))
-    windows = WindowConfig(
-        window_ms=settings.window_ms,
-        lateness_ms=settings.lateness_ms,
-        session_gap_ms=settings.session_gap_ms,
+def declare(window_seconds: float, session_gap_seconds: float) -> Pipeline:
+    """The clickstream with its two window sizes (WINDOW_SECONDS, SESSION_GAP_SECONDS)."""
+    purchase = {"type": "purchase"}
+    page_stats = Table(
+        "page_stats",
+        key="page",
+        window=windows.tumbling(window_seconds),
+        aggregates={
+            "views": agg.count(where={"type": "page_view"}),
+            "clicks": agg.count(where={"type": "click"}),
+            "add_to_carts": agg.count(where={"type": "add_to_cart"}),
+            "purchases": agg.count(where=purchase),
+            "revenue": agg.sum("value", where=purchase),
+            "unique_users": agg.count_distinct("user_id"),  # exact: the topic is keyed by user
+        },
     )
-    # (source partition, closed windows + sessions + dead letters)
-    rows = op.stateful_batch("windows", parsed, PartitionWindowLogic.builder(windows))
-
-    to_clickhouse = op.map("route", rows, lambda kv: ("clickhouse", kv[1]))
-    report = RunReport(settings)
-    retry = RetryPolicy(max_attempts=1_000, max_elapsed_seconds=settings.clickhouse_retry_seconds)
-    sink = ClickHouseSink(
-        settings.clickhouse_url,
-        retry=retry,
-        on_close=report,
-        create_schema=settings.clickhouse_create_schema,
+    user_sessions = Table(
+        "user_sessions",
+        key="user_id",
+        window=windows.session(session_gap_seconds),
+        aggregates={
+            "events": agg.count(),
+            "page_views": agg.count(where={"type": "page_view"}),
+            "purchases": agg.count(where=purchase),
+            "revenue": agg.sum("value", where=purchase),
+            "entry_page": agg.first("page", by="event_id"),
+            "exit_page": agg.last("page", by="event_id"),
+        },
     )
-    op.output("clickhouse", to_clickhouse, sink)
-
-    if not settings.embedded:
-        dead = op.flat_map(
-            "dead_letters", rows, lambda kv: [(DLQ_PART, row) for row in kv[1].dead_letters]
-        )
-        dlq = KafkaDeadLetterSink(
-            settings.kafka_bootstrap_servers or "",
-            settings.kafka_dlq_topic,
-            client_options=settings.kafka_security.client_options(),
-        )
-        op.output("dlq", dead, dlq)
-    return flow
+    return Pipeline("clickstream", events, key="user_id", tables=[page_stats, user_sessions])
 
 
-def _load() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as e:
-        raise SystemExit(f"waxhouse: invalid configuration: {e}") from None
+def generated(settings: waxhouse.Settings) -> GeneratorSource:
+    """The embedded source: generated click events, keyed by user."""
+    config = GeneratorConfig(seed=settings.generator_seed, events=settings.generator_events)
+    return GeneratorSource(config, rate=settings.generator_rate)
 
 
-settings = _load()
-configure_logging(settings.log_level)
-logger.info("clickstream starting: %s", settings.describe())
-resumed = prepare_recovery()
-tune_garbage_collector()
-stop_on_sigterm()
-stopper = flow_stopper()
-flow = build_flow(settings, resumed, stopper.fail if stopper is not None else None)
+settings = waxhouse.load_settings()
+pipeline = declare(settings.window_seconds, settings.session_gap_seconds)
+flow = waxhouse.flow(pipeline, embedded=generated, settings=settings)

@@ -2,11 +2,14 @@
 
     waxhouse sql "SELECT page, sum(views) FROM page_stats GROUP BY page"
     waxhouse sql --format json "SELECT * FROM dead_letters WHERE reason = {r:String}" -p r=late
-    waxhouse schema
+    waxhouse schema                                    # the tables of dataflows.clickstream
+    waxhouse schema --pipeline dataflows.orders        # another pipeline's (MODULE[:NAME])
     waxhouse schema --replicated --cluster analytics   # Replicated*MergeTree, ON CLUSTER
     waxhouse schema --print [--replicated --cluster analytics]   # show the DDL only
     waxhouse produce --rate 500                        # generated events into Kafka
 
+`schema` imports the pipeline's module from the current directory (as `python -m
+bytewax.run` does) and applies the DDL its tables derive, plus the dead letters' table.
 The store is `CLICKHOUSE_URL` (default: the embedded chDB store at ./data/clickhouse). An
 embedded store can be open in one process at a time: stop a running flow before querying
 its store from here.
@@ -15,8 +18,10 @@ its store from here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -39,12 +44,14 @@ from waxhouse.connectors.clickhouse_store import (
 from waxhouse.connectors.loadgen import LoadConfig, LoadGenerator
 from waxhouse.errors import SettingsError, SourceError, WaxhouseError
 from waxhouse.logs import configure_logging
+from waxhouse.pipeline import Pipeline
 from waxhouse.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
+DEFAULT_PIPELINE = "dataflows.clickstream"
 
 
 def format_value(value: Any) -> str:
@@ -125,20 +132,43 @@ def run_sql(
         print(text, file=out)
 
 
-def run_schema(target: ClickHouseTarget, cluster: str | None, out: TextIO) -> None:
+def load_pipeline(spec: str) -> Pipeline:
+    """The `Pipeline` named by `MODULE[:NAME]` (NAME defaults to `pipeline`), imported with
+    the current directory first on the path."""
+    module_name, _, name = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise SettingsError(f"--pipeline {spec}: cannot import {module_name}: {e}") from None
+    name = name or "pipeline"
+    pipeline = getattr(module, name, None)
+    if not isinstance(pipeline, Pipeline):
+        raise SettingsError(f"--pipeline {spec}: {module_name} has no Pipeline named {name!r}")
+    return pipeline
+
+
+def pipeline_statements(spec: str) -> list[tuple[str, str]]:
+    return load_pipeline(spec).compile().statements()
+
+
+def run_schema(
+    target: ClickHouseTarget, tables: Sequence[tuple[str, str]], cluster: str | None, out: TextIO
+) -> None:
     """Apply the schema (the replicated variant `ON CLUSTER cluster` if given) and say so."""
     client = open_client(target, cluster)
     try:
-        ensure_schema(client, cluster)
+        ensure_schema(client, tables, cluster)
     finally:
         client.close()
     where = f"{target}" if cluster is None else f"{target} (replicated, ON CLUSTER {cluster})"
     print(f"Schema is up to date at {where}", file=out)
 
 
-def print_schema(cluster: str | None, out: TextIO) -> None:
-    """The DDL `run_schema` applies, one statement per file, without connecting."""
-    for name, statement in schema_statements(cluster):
+def print_schema(tables: Sequence[tuple[str, str]], cluster: str | None, out: TextIO) -> None:
+    """The DDL `run_schema` applies, one statement per object, without connecting."""
+    for name, statement in schema_statements(tables, cluster):
         print(f"-- {name}\n{statement.strip()};\n", file=out)
 
 
@@ -205,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--cluster", help="the ClickHouse cluster name (remote_servers)")
     schema.add_argument("--print", action="store_true", help="print the DDL instead of applying it")
+    schema.add_argument(
+        "--pipeline",
+        default=DEFAULT_PIPELINE,
+        metavar="MODULE[:NAME]",
+        help=f"the pipeline whose tables to create (default: {DEFAULT_PIPELINE})",
+    )
     produce = commands.add_parser(
         "produce", help="produce generated click events into KAFKA_TOPIC (a load generator)"
     )
@@ -230,10 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("INFO" if args.verbose or args.command == "produce" else "WARNING")
     if args.command == "schema" and args.replicated != (args.cluster is not None):
         parser.error("--replicated and --cluster go together")
-    if args.command == "schema" and args.print:
-        print_schema(args.cluster, sys.stdout)
-        return 0
     try:
+        if args.command == "schema" and args.print:
+            print_schema(pipeline_statements(args.pipeline), args.cluster, sys.stdout)
+            return 0
         settings = load_settings()
         target = parse_clickhouse_url(settings.clickhouse_url)
         params = _parameters(args.param) if args.command == "sql" else {}
@@ -242,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "sql":
             run_sql(target, args.query, params, args.format, sys.stdout)
         else:
-            run_schema(target, args.cluster, sys.stdout)
+            run_schema(target, pipeline_statements(args.pipeline), args.cluster, sys.stdout)
     except SettingsError as e:
         print(f"waxhouse: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG

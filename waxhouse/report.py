@@ -14,10 +14,6 @@ from waxhouse.settings import Settings, mask_url
 logger = logging.getLogger(__name__)
 
 _REASONS = ("invalid_json", "invalid_event", "future", "late")
-EXAMPLE_QUERY = (
-    "SELECT page, sum(views) AS views, sum(purchases) AS purchases, sum(revenue) AS revenue "
-    "FROM page_stats GROUP BY page ORDER BY views DESC LIMIT 5"
-)
 
 
 def _metric(name: str, labels: dict[str, str] | None = None) -> int:
@@ -27,8 +23,10 @@ def _metric(name: str, labels: dict[str, str] | None = None) -> int:
 class RunReport:
     """Called by the ClickHouse sink with its open client just before it closes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pipeline: str, tables: list[str]) -> None:
         self._settings = settings
+        self._pipeline = pipeline
+        self._tables = [*tables, "dead_letters"]
         self._started = time.monotonic()
         # In a cluster the counters are this process's own; the tables are everyone's.
         self._scope = (
@@ -46,11 +44,12 @@ class RunReport:
         records = events + sum(n for reason, n in rejected.items() if reason != "late")
         counts = {
             table: client.command(f"SELECT count() FROM {table}")  # noqa: S608 - fixed names
-            for table in ("page_stats", "user_sessions", "dead_letters")
+            for table in self._tables
         }
         logger.info(
-            "clickstream stopped: %d records in %.1f s%s, %d valid events, dead letters %s, "
+            "%s stopped: %d records in %.1f s%s, %d valid events, dead letters %s, "
             "rows in ClickHouse %s",
+            self._pipeline,
             records,
             elapsed,
             self._scope,
@@ -70,7 +69,7 @@ class RunReport:
             f"  store             {mask_url(self._settings.clickhouse_url)}",
             "",
             "Try:",
-            f'  waxhouse sql "{EXAMPLE_QUERY}"',
+            f'  waxhouse sql "SELECT * FROM {self._tables[0]} LIMIT 5"',  # noqa: S608 - a name
             "",
         ]
         print("\n".join(lines), flush=True)

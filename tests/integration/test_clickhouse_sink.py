@@ -21,6 +21,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
 from tests.support.clickhouse import query_rows
+from tests.support.clickstream import STATEMENTS, TABLES, PageStatsRow, SessionRow
+from tests.support.clickstream import batch as rows_of
 from tests.support.flow import run_cli
 from waxhouse.connectors.clickhouse import (
     ClickHouseSink,
@@ -31,7 +33,7 @@ from waxhouse.connectors.clickhouse import (
 )
 from waxhouse.connectors.clickhouse_store import ClickHouseTarget
 from waxhouse.errors import SinkError
-from waxhouse.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
+from waxhouse.rows import DeadLetterRow, RowBatch
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +77,7 @@ CONTRACT = {
 def client(store_url: str) -> Iterator[Client]:
     ch = open_client(parse_clickhouse_url(store_url))
     try:
-        ensure_schema(ch)
+        ensure_schema(ch, STATEMENTS)
         yield ch
     finally:
         ch.close()
@@ -127,7 +129,7 @@ def write_through_sink(
     url: str, *batches: list[RowBatch], on_close: Callable[[Client], None] | None = None
 ) -> None:
     """Build the sink's one partition, write each list of batches, close it."""
-    sink = ClickHouseSink(url, on_close=on_close)
+    sink = ClickHouseSink(url, TABLES, STATEMENTS, on_close=on_close)
     (part,) = sink.list_parts()
     partition = sink.build_part("test_output", part, None)
     try:
@@ -147,8 +149,8 @@ def test_schema_is_idempotent_and_keeps_data(client: Client) -> None:
         column_names=["source", "reason", "error", "payload", "received_at"],
         column_type_names=["String", "String", "String", "String", "DateTime64(3, 'UTC')"],
     )
-    ensure_schema(client)
-    ensure_schema(client)
+    ensure_schema(client, STATEMENTS)
+    ensure_schema(client, STATEMENTS)
     tables = client.query(
         "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name"
     ).result_rows
@@ -178,11 +180,11 @@ def test_sink_writes_rows_that_the_views_return(store_url: str) -> None:
     def on_close(ch: Client) -> None:
         seen_on_close.append(ch.query("SELECT count() FROM page_stats").result_rows[0][0])
 
-    batch_one = RowBatch(
+    batch_one = rows_of(
         page_stats=[page_row("/home", views=2, revenue_cents=1999, unique_users=2)],
         sessions=[session_row("u1")],
     )
-    batch_two = RowBatch(
+    batch_two = rows_of(
         page_stats=[page_row("/cart", window_start_ms=120_000)],
         dead_letters=[DeadLetterRow("events/0/9", "invalid_event", "ts", b'{"ts":1}', 5_000)],
     )
@@ -232,7 +234,7 @@ def test_sink_writes_rows_that_the_views_return(store_url: str) -> None:
 
 
 def test_replayed_rows_appear_once(store_url: str) -> None:
-    batch = RowBatch(
+    batch = rows_of(
         page_stats=[page_row("/a"), page_row("/b", views=3)],
         sessions=[session_row("u1"), session_row("u2")],
         dead_letters=[DeadLetterRow("events/1/4", "invalid_json", "not JSON", b"{", 7)],
@@ -252,11 +254,11 @@ def test_replayed_rows_appear_once(store_url: str) -> None:
 
 
 def test_a_partial_row_never_replaces_a_fuller_one(store_url: str) -> None:
-    fuller = RowBatch(
+    fuller = rows_of(
         page_stats=[page_row("/a", views=10, version=30)],
         sessions=[session_row("u1", events=5, exit_page="/late")],
     )
-    partial = RowBatch(
+    partial = rows_of(
         page_stats=[page_row("/a", views=4, version=12)],
         sessions=[session_row("u1", events=2, exit_page="/early")],
     )
@@ -274,7 +276,7 @@ def test_page_stats_sums_the_parts_of_one_window(store_url: str) -> None:
         page_row("/a", part="events/1", views=3, revenue_cents=949, unique_users=1),  # replay
         page_row("/a", window_start_ms=120_000, part="events/1", views=7),
     ]
-    write_through_sink(store_url, [RowBatch(page_stats=parts)])
+    write_through_sink(store_url, [rows_of(page_stats=parts)])
 
     rows = query_rows(
         store_url,
@@ -291,7 +293,7 @@ def test_page_stats_sums_the_parts_of_one_window(store_url: str) -> None:
 def test_invalid_utf8_payload_round_trips(store_url: str) -> None:
     payload = b"\xff\xfe\x00{not json\xc3\x28"
     letter = DeadLetterRow("generator/17", "invalid_json", "not UTF-8", payload, 0)
-    write_through_sink(store_url, [RowBatch(dead_letters=[letter])])
+    write_through_sink(store_url, [rows_of(dead_letters=[letter])])
 
     rows = query_rows(store_url, "SELECT source, hex(payload), length(payload) FROM dead_letters")
     assert rows == [("generator/17", payload.hex().upper(), len(payload))]
@@ -302,7 +304,7 @@ def test_time_and_money_boundaries_round_trip_exactly(store_url: str) -> None:
         page_row("/first", window_start_ms=0, revenue_cents=1),
         page_row("/last", window_start_ms=MAX_TS_MS - 60_000, revenue_cents=99_999_999_999_999_999),
     ]
-    write_through_sink(store_url, [RowBatch(page_stats=rows)])
+    write_through_sink(store_url, [rows_of(page_stats=rows)])
 
     assert query_rows(
         store_url,
@@ -316,14 +318,14 @@ def test_time_and_money_boundaries_round_trip_exactly(store_url: str) -> None:
 
 def test_sink_in_a_dataflow(store_url: str) -> None:
     batches = [
-        RowBatch(page_stats=[page_row("/a", part="generator", views=1, version=1)]),
-        RowBatch(page_stats=[page_row("/a", part="generator", views=2, version=2)]),
-        RowBatch(sessions=[session_row("u9")]),
+        rows_of(page_stats=[page_row("/a", part="generator", views=1, version=1)]),
+        rows_of(page_stats=[page_row("/a", part="generator", views=2, version=2)]),
+        rows_of(sessions=[session_row("u9")]),
     ]
     flow = Dataflow("clickhouse_sink_test")
     items = op.input("in", flow, TestingSource(batches))
     keyed = op.key_on("key", items, lambda _batch: "clickhouse")
-    op.output("out", keyed, ClickHouseSink(store_url))
+    op.output("out", keyed, ClickHouseSink(store_url, TABLES, STATEMENTS))
     run_main(flow)
 
     assert query_rows(store_url, "SELECT page, views FROM page_stats") == [("/a", 2)]
@@ -333,7 +335,9 @@ def test_sink_in_a_dataflow(store_url: str) -> None:
 def test_unreachable_server_fails_after_the_retry_budget(caplog: pytest.LogCaptureFixture) -> None:
     # Nothing listens on port 1: every attempt is a transport error (retryable).
     policy = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.01)
-    sink = ClickHouseSink("http://writer:top%2Fsecret@127.0.0.1:1/analytics", retry=policy)
+    sink = ClickHouseSink(
+        "http://writer:top%2Fsecret@127.0.0.1:1/analytics", TABLES, STATEMENTS, retry=policy
+    )
 
     with pytest.raises(SinkError, match="after 3 attempt") as raised:
         sink.build_part("out", "clickhouse", None)
@@ -353,7 +357,7 @@ def test_one_store_per_process_at_a_time(tmp_path: Path) -> None:
     second = ClickHouseTarget(scheme="chdb", path=str(tmp_path / "b"))
 
     ch = open_client(first)
-    ensure_schema(ch)
+    ensure_schema(ch, STATEMENTS)
     try:
         with pytest.raises(ProgrammingError):
             open_client(second)
@@ -370,7 +374,7 @@ def test_one_store_per_process_at_a_time(tmp_path: Path) -> None:
 
 def test_cli_sql_prints_a_table_and_json_lines(store_url: str) -> None:
     rows = [page_row("/home", views=2, revenue_cents=1999), page_row("/a-long-page", views=11)]
-    write_through_sink(store_url, [RowBatch(page_stats=rows)])
+    write_through_sink(store_url, [rows_of(page_stats=rows)])
 
     sql = "SELECT page, views, revenue FROM page_stats ORDER BY page"
     table = run_cli({"CLICKHOUSE_URL": store_url}, "sql", sql)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from tests.support.clickstream import STATEMENTS, TABLES
 from tests.support.flow import run_cli
 from waxhouse.connectors.clickhouse import ClickHouseSink, RetryPolicy
 from waxhouse.connectors.clickhouse_store import (
@@ -48,12 +49,12 @@ def empty(store_url: str) -> Iterator[Client]:
 
 
 def test_the_schema_creates_three_tables_and_their_views() -> None:
-    assert schema_objects() == OBJECTS
+    assert schema_objects(STATEMENTS) == OBJECTS
 
 
 def test_the_replicated_variant_changes_only_cluster_and_engines(empty: Client) -> None:
-    plain = schema_statements()
-    replicated = schema_statements("prod-eu")
+    plain = schema_statements(STATEMENTS)
+    replicated = schema_statements(STATEMENTS, "prod-eu")
     assert [name for name, _ in replicated] == [name for name, _ in plain]
     for (name, single), (_, statement) in zip(plain, replicated, strict=True):
         assert statement.count(" ON CLUSTER `prod-eu`") == 1, name
@@ -79,33 +80,39 @@ def test_waiting_for_the_schema_fails_naming_what_is_missing(empty: Client) -> N
         now[0] += seconds
 
     with pytest.raises(SinkError, match="apply the schema with `waxhouse schema`") as caught:
-        wait_for_schema(empty, 10.0, poll_seconds=2.0, sleep=sleep, clock=lambda: now[0])
+        wait_for_schema(
+            empty, STATEMENTS, 10.0, poll_seconds=2.0, sleep=sleep, clock=lambda: now[0]
+        )
     assert all(name in str(caught.value) for name in OBJECTS)
     assert sleeps == [2.0] * 5
-    assert missing_schema_objects(empty) == OBJECTS, "waiting created nothing"
+    assert missing_schema_objects(empty, STATEMENTS) == OBJECTS, "waiting created nothing"
 
 
 def test_waiting_for_the_schema_returns_once_someone_applies_it(empty: Client) -> None:
     applied = []
 
     def apply_instead_of_sleeping(seconds: float) -> None:
-        ensure_schema(empty)
+        ensure_schema(empty, STATEMENTS)
         applied.append(seconds)
 
-    wait_for_schema(empty, 60.0, sleep=apply_instead_of_sleeping, clock=lambda: 0.0)
+    wait_for_schema(empty, STATEMENTS, 60.0, sleep=apply_instead_of_sleeping, clock=lambda: 0.0)
     assert len(applied) == 1
-    assert missing_schema_objects(empty) == []
+    assert missing_schema_objects(empty, STATEMENTS) == []
 
 
 def test_a_sink_that_must_not_create_the_schema_stops_without_it(store_url: str) -> None:
     sink = ClickHouseSink(
-        store_url, retry=RetryPolicy(max_attempts=1, max_elapsed_seconds=0), create_schema=False
+        store_url,
+        TABLES,
+        STATEMENTS,
+        retry=RetryPolicy(max_attempts=1, max_elapsed_seconds=0),
+        create_schema=False,
     )
     with pytest.raises(SinkError, match="page_stats_data"):
         sink.build_part("test", "clickhouse", None)
     client = open_client(parse_clickhouse_url(store_url))
     try:
-        assert missing_schema_objects(client) == OBJECTS
+        assert missing_schema_objects(client, STATEMENTS) == OBJECTS
     finally:
         client.close()
 
@@ -115,7 +122,7 @@ def test_the_schema_command_prints_applies_and_refuses_a_cluster_for_chdb(store_
         {"CLICKHOUSE_URL": store_url}, "schema", "--print", "--replicated", "--cluster", "prod"
     )
     assert printed.returncode == 0, printed.stderr
-    for name, statement in schema_statements("prod"):
+    for name, statement in schema_statements(STATEMENTS, "prod"):
         assert f"-- {name}\n{statement.strip()};" in printed.stdout
 
     half = run_cli({"CLICKHOUSE_URL": store_url}, "schema", "--replicated")
@@ -129,6 +136,6 @@ def test_the_schema_command_prints_applies_and_refuses_a_cluster_for_chdb(store_
     assert "Schema is up to date" in applied.stdout
     client = open_client(parse_clickhouse_url(store_url))
     try:
-        assert missing_schema_objects(client) == []
+        assert missing_schema_objects(client, STATEMENTS) == []
     finally:
         client.close()

@@ -32,8 +32,14 @@ def _kill_mid_flush(at_write: int) -> None:
     def faulty_write(self: clickhouse.ClickHouseWriter, batch: RowBatch) -> None:
         nonlocal writes
         writes += 1
-        if writes >= at_write and batch.page_stats and (batch.sessions or batch.dead_letters):
-            self._insert(clickhouse.PAGE_STATS_TABLE, batch.page_stats)
+        page_stats = batch.tables.get("page_stats")
+        if (
+            writes >= at_write
+            and page_stats
+            and (batch.tables.get("user_sessions") or batch.dead_letters)
+        ):
+            (table,) = (t for t in self._tables if t.label == "page_stats")
+            self._insert(table, page_stats)
             sys.stderr.write("fault_run: SIGKILL in the middle of a sink flush\n")
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)

@@ -22,11 +22,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from tests.support.clickstream import (
+    PAGE_STATS_TABLE,
+    STATEMENTS,
+    TABLES,
+    USER_SESSIONS_TABLE,
+    PageStatsRow,
+    SessionRow,
+    batch,
+)
 from waxhouse.cli import render_json_lines, render_table
 from waxhouse.connectors.clickhouse import (
     DEAD_LETTERS_TABLE,
-    PAGE_STATS_TABLE,
-    USER_SESSIONS_TABLE,
     ClickHouseSink,
     ClickHouseTarget,
     ClickHouseWriter,
@@ -40,7 +47,7 @@ from waxhouse.connectors.clickhouse import (
     parse_clickhouse_url,
 )
 from waxhouse.errors import SettingsError, SinkError
-from waxhouse.rows import DeadLetterRow, PageStatsRow, RowBatch, SessionRow
+from waxhouse.rows import DeadLetterRow, RowBatch
 
 UTC = timezone.utc
 MAX_TS_MS = 253402300799999
@@ -212,7 +219,7 @@ def make_writer(
     client: InsertClient, fake_time: FakeTime, policy: RetryPolicy, jitter: float = 1.0
 ) -> ClickHouseWriter:
     retrier = Retrier(policy, sleep=fake_time.sleep, jitter=lambda: jitter, clock=fake_time.clock)
-    return ClickHouseWriter(client, retrier)
+    return ClickHouseWriter(client, TABLES, retrier)
 
 
 def page_row(page: str = "/p", version: int = 1) -> PageStatsRow:
@@ -259,7 +266,7 @@ def test_transient_errors_are_retried_then_inserted_once() -> None:
     rows_before = metric("waxhouse_sink_rows_total")
     batches_before = metric("waxhouse_sink_batches_total")
 
-    writer.write(RowBatch(page_stats=[page_row("/a"), page_row("/b")]))
+    writer.write(batch(page_stats=[page_row("/a"), page_row("/b")]))
 
     assert client.attempts == 4
     assert len(client.inserted) == 1
@@ -283,7 +290,7 @@ def test_sleeps_stay_within_the_jitter_bounds_and_the_cap(jitter: float) -> None
     client = FakeClient([transient() for _ in range(7)])
     fake_time = FakeTime()
     policy = RetryPolicy(max_attempts=10, base_delay_seconds=0.5, max_delay_seconds=4.0)
-    make_writer(client, fake_time, policy, jitter=jitter).write(RowBatch(page_stats=[page_row()]))
+    make_writer(client, fake_time, policy, jitter=jitter).write(batch(page_stats=[page_row()]))
 
     ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
     assert fake_time.sleeps == pytest.approx([jitter * c for c in ceilings])
@@ -300,7 +307,7 @@ def test_permanent_error_raises_without_retry() -> None:
     session = SessionRow("u", 0, 1, 1, 1, 0, 0, "/a", "/a", 1)
 
     with pytest.raises(SinkError, match=r"user_sessions_data.*UNKNOWN_TABLE") as raised:
-        writer.write(RowBatch(sessions=[session]))
+        writer.write(batch(sessions=[session]))
 
     assert raised.value.__cause__ is error
     assert client.attempts == 1
@@ -315,7 +322,7 @@ def test_attempt_budget_exhausted_raises() -> None:
     writer = make_writer(client, fake_time, RetryPolicy(max_attempts=3))
 
     with pytest.raises(SinkError, match="after 3 attempt"):
-        writer.write(RowBatch(page_stats=[page_row()]))
+        writer.write(batch(page_stats=[page_row()]))
 
     assert client.attempts == 3
     assert len(fake_time.sleeps) == 2
@@ -329,7 +336,7 @@ def test_time_budget_exhausted_raises_before_a_pointless_wait() -> None:
     writer = make_writer(client, fake_time, policy)
 
     with pytest.raises(SinkError, match="after 3 attempt"):
-        writer.write(RowBatch(page_stats=[page_row()]))
+        writer.write(batch(page_stats=[page_row()]))
 
     # 1 + 2 seconds slept; the next wait (4 s) would end past the 5 s budget.
     assert fake_time.sleeps == [1.0, 2.0]
@@ -339,7 +346,7 @@ def test_other_exceptions_are_bugs_and_propagate_unwrapped() -> None:
     client = FakeClient([TypeError("expected bytes, str found")])
     writer = make_writer(client, FakeTime(), RetryPolicy())
     with pytest.raises(TypeError):
-        writer.write(RowBatch(page_stats=[page_row()]))
+        writer.write(batch(page_stats=[page_row()]))
     assert client.attempts == 1
 
 
@@ -347,7 +354,7 @@ def test_writer_inserts_each_non_empty_table_once() -> None:
     client = FakeClient()
     writer = make_writer(client, FakeTime(), RetryPolicy())
     letter = DeadLetterRow("generator/1", "invalid_event", "ts", b"{}", 5)
-    writer.write(RowBatch(page_stats=[page_row("/a")], dead_letters=[letter]))
+    writer.write(batch(page_stats=[page_row("/a")], dead_letters=[letter]))
     writer.write(RowBatch())
     assert [table for table, *_ in client.inserted] == ["page_stats_data", "dead_letters_data"]
 
@@ -370,7 +377,7 @@ def test_retry_policy_rejects_nonsense(kwargs: dict[str, Any]) -> None:
 
 def test_sink_has_one_partition_and_does_no_io_when_built() -> None:
     # Nothing listens on port 1: constructing the sink must not try to connect.
-    sink = ClickHouseSink("http://user:pw@127.0.0.1:1/db")
+    sink = ClickHouseSink("http://user:pw@127.0.0.1:1/db", TABLES, STATEMENTS)
     assert sink.list_parts() == ["clickhouse"]
     assert {sink.part_fn(key) for key in ("clickhouse", "other", "")} == {0}
 
@@ -425,7 +432,7 @@ class GatedClient(FakeClient):
 
 
 def sink_partition(client: GatedClient) -> _ClickHousePartition:
-    writer = ClickHouseWriter(client, Retrier(RetryPolicy(max_attempts=1)))
+    writer = ClickHouseWriter(client, TABLES, Retrier(RetryPolicy(max_attempts=1)))
     return _ClickHousePartition(_ClientThread(), client, writer, on_close=None)  # type: ignore[arg-type]
 
 
@@ -451,9 +458,9 @@ def test_batches_queue_behind_the_write_in_flight_and_go_in_together() -> None:
     client = GatedClient()
     part = sink_partition(client)
     # The first batch is being written (blocked at the gate); the next two only queue.
-    in_thread(lambda: part.write_batch([RowBatch(page_stats=[page_row("/1")])]))
-    in_thread(lambda: part.write_batch([RowBatch(page_stats=[page_row("/2")])]))
-    in_thread(lambda: part.write_batch([RowBatch(page_stats=[page_row("/3")])]))
+    in_thread(lambda: part.write_batch([batch(page_stats=[page_row("/1")])]))
+    in_thread(lambda: part.write_batch([batch(page_stats=[page_row("/2")])]))
+    in_thread(lambda: part.write_batch([batch(page_stats=[page_row("/3")])]))
     assert client.inserted == []
     client.gate.set()
     part.snapshot()  # returns only once every row received is stored
@@ -466,17 +473,19 @@ def test_a_write_that_failed_for_good_is_raised_once_and_stops_writing() -> None
     client = GatedClient([ProgrammingError("no such table")])
     client.gate.set()
     part = sink_partition(client)
-    part.write_batch([RowBatch(page_stats=[page_row("/1")])])
+    part.write_batch([batch(page_stats=[page_row("/1")])])
     with pytest.raises(SinkError, match="page_stats_data"):
         part.snapshot()
-    part.write_batch([RowBatch(page_stats=[page_row("/2")])])
+    part.write_batch([batch(page_stats=[page_row("/2")])])
     part.close()  # no second raise: Bytewax calls close while it shuts down
     assert client.inserted == [] and client.attempts == 1 and client.closed
 
 
 def test_big_batches_are_inserted_in_slices_in_order() -> None:
     client = FakeClient()
-    writer = ClickHouseWriter(client, Retrier(RetryPolicy(max_attempts=1)), max_insert_rows=3)
-    writer.write(RowBatch(page_stats=[page_row(f"/{i}") for i in range(7)]))
+    writer = ClickHouseWriter(
+        client, TABLES, Retrier(RetryPolicy(max_attempts=1)), max_insert_rows=3
+    )
+    writer.write(batch(page_stats=[page_row(f"/{i}") for i in range(7)]))
     slices = [[row[2] for row in rows] for _, rows, *_ in client.inserted]
     assert slices == [["/0", "/1", "/2"], ["/3", "/4", "/5"], ["/6"]]

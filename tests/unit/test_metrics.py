@@ -10,17 +10,20 @@ from clickhouse_connect.driver.exceptions import ProgrammingError
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import generate_latest
 
+from dataflows.clickstream import declare, events, generated
+from tests.support.clickstream import TABLES, PageStatsRow, SessionRow
+from tests.support.clickstream import batch as rows_of
 from waxhouse.connectors.clickhouse import ClickHouseWriter, Retrier, RetryPolicy
 from waxhouse.connectors.metrics import WatermarkLag, observe_freshness
+from waxhouse.dataflow import Parse, PartitionLogic, build_dataflow
 from waxhouse.errors import SinkError
 from waxhouse.records import InputBatch
-from waxhouse.rows import PageStatsRow, RowBatch, SessionRow
-from waxhouse.steps import Parse, PartitionWindowLogic
-from waxhouse.windows import WindowConfig
+from waxhouse.settings import Settings
 
-parse = Parse()
+parse = Parse(events)
 
 W, L, GAP = 60_000, 10_000, 1_800_000
+CLICKSTREAM = declare(W / 1000, GAP / 1000)
 
 
 def sample(name: str, **labels: str) -> float:
@@ -41,7 +44,7 @@ def event(n: int, user: str, ts: int) -> dict[str, Any]:
 
 
 def test_late_events_count_per_output_missed_once_per_event() -> None:
-    logic = PartitionWindowLogic.builder(WindowConfig(W, L, GAP))(None)
+    logic = PartitionLogic.builder(CLICKSTREAM.compile(L))(None)
     before = {
         output: sample("waxhouse_late_events_total", output=output)
         for output in ("page_stats", "user_sessions")
@@ -67,6 +70,7 @@ def test_late_events_count_per_output_missed_once_per_event() -> None:
 
 
 def test_late_events_series_exist_from_the_start() -> None:
+    build_dataflow(CLICKSTREAM, Settings(), embedded=generated)
     text = generate_latest(REGISTRY).decode()
     assert 'waxhouse_late_events_total{output="page_stats"}' in text
     assert 'waxhouse_late_events_total{output="user_sessions"}' in text
@@ -89,7 +93,7 @@ def test_watermark_lag_is_computed_at_scrape_time_for_partitions_with_a_watermar
 
 
 def test_the_windows_step_publishes_the_watermark_lag_of_its_partition() -> None:
-    logic = PartitionWindowLogic.builder(WindowConfig(W, L, GAP))(None)
+    logic = PartitionLogic.builder(CLICKSTREAM.compile(L))(None)
     logic.on_batch([parse(batch("lagged/0", [event(1, "u1", 5_000)]))])
     lag = sample("waxhouse_watermark_lag_seconds", partition="lagged/0")
     assert lag > 1_700_000_000  # now (a 2023+ clock) minus a watermark of 5 s after the epoch
@@ -125,14 +129,14 @@ def test_the_writer_observes_freshness_per_table_only_after_a_successful_insert(
         SessionRow("u2", 0, 5_000, 1, 1, 0, 0, "/b", "/b", 1),
         SessionRow("u3", 0, 7_000, 1, 1, 0, 0, "/c", "/c", 1),
     ]
-    rows = RowBatch(page_stats=[page, page._replace(page="/q")], sessions=sessions)
+    rows = rows_of(page_stats=[page, page._replace(page="/q")], sessions=sessions)
     before = {table: freshness(table)[0] for table in ("page_stats", "user_sessions")}
     failing = ClickHouseWriter(
-        FakeClient(ProgrammingError("no such table")), Retrier(RetryPolicy(max_attempts=1))
+        FakeClient(ProgrammingError("no such table")), TABLES, Retrier(RetryPolicy(max_attempts=1))
     )
     with pytest.raises(SinkError):
         failing.write(rows)
     assert {table: freshness(table)[0] for table in before} == before
-    ClickHouseWriter(FakeClient(), Retrier(RetryPolicy(max_attempts=1))).write(rows)
+    ClickHouseWriter(FakeClient(), TABLES, Retrier(RetryPolicy(max_attempts=1))).write(rows)
     assert freshness("page_stats")[0] == before["page_stats"] + 1  # one window end
     assert freshness("user_sessions")[0] == before["user_sessions"] + 2  # two session ends

@@ -5,15 +5,30 @@ from __future__ import annotations
 import pickle
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 
 import pytest
 
-from waxhouse.events import Event
-from waxhouse.rows import PageStatsRow, RowBatch, SessionRow
-from waxhouse.windows import PartitionWindows, WindowConfig
+from dataflows.clickstream import events as clickstream_events
+from tests.support.clickstream import Output as RowBatch
+from tests.support.clickstream import PageStatsRow, SessionRow, Windows
 
+Event = clickstream_events.event_type
 W, L, GAP = 60_000, 10_000, 1_800_000
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    window_ms: int
+    lateness_ms: int
+    session_gap_ms: int
+
+
 CONFIG = WindowConfig(window_ms=W, lateness_ms=L, session_gap_ms=GAP)
+
+
+def PartitionWindows(config: WindowConfig, part: str) -> Windows:
+    return Windows(config.window_ms, config.lateness_ms, config.session_gap_ms, part)
 
 
 def ev(
@@ -201,7 +216,7 @@ def test_users_with_nothing_open_are_forgotten() -> None:
     state.process([ev(10 * GAP, "other")])
     state.process([ev(20 * GAP, "other2")])
     assert len(state.sessions) == 1
-    assert set(state.sessions._users) == {"other2"}
+    assert set(state.sessions.keys) == {"other2"}
 
 
 def oracle(events: list[Event]) -> tuple[set[PageStatsRow], set[SessionRow]]:
@@ -224,7 +239,7 @@ def oracle(events: list[Event]) -> tuple[set[PageStatsRow], set[SessionRow]]:
                 kinds.count("click"),
                 kinds.count("add_to_cart"),
                 kinds.count("purchase"),
-                sum(e.cents for e in group if e.type == "purchase"),
+                sum(e.value for e in group if e.type == "purchase"),
                 len({e.user_id for e in group}),
                 len(group),
             )
@@ -248,7 +263,7 @@ def oracle(events: list[Event]) -> tuple[set[PageStatsRow], set[SessionRow]]:
                     len(r),
                     sum(e.type == "page_view" for e in r),
                     sum(e.type == "purchase" for e in r),
-                    sum(e.cents for e in r if e.type == "purchase"),
+                    sum(e.value for e in r if e.type == "purchase"),
                     keys[0][2],
                     keys[-1][2],
                     len(r),

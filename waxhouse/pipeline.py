@@ -1,0 +1,112 @@
+"""A pipeline: an event schema, the field the topic is keyed by, and the tables to keep.
+
+    orders = Pipeline(
+        "orders",
+        Schema({...}, event_time="ts"),
+        key="customer",
+        tables=[Table(...), Table(...)],
+    )
+
+Declaring checks names; `compile()` checks the tables against the schema and refuses
+what cannot be exact, with a message saying why (`PipelineError`), before any record is
+read. `waxhouse.flow(pipeline)` turns it into a Bytewax dataflow; `waxhouse.testing` runs
+it over records in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from waxhouse.engine import CompiledTable, PartitionState, PipelineError, compile_table
+from waxhouse.fields import Schema
+from waxhouse.tables import Duration, Table, to_ms
+
+__all__ = ["CompiledPipeline", "Pipeline", "PipelineError"]
+
+RESERVED_TABLES = frozenset({"dead_letters"})
+
+
+class Pipeline:
+    """What a team declares: `name` (labels its logs), the event `schema`, the Kafka `key`
+    field (records with equal values share a partition: what sessions, count windows and
+    exact distinct counts rely on) and the `tables`.
+
+    `lateness`: how far behind a partition's newest event time an event may be and still
+    count everywhere; None takes `ALLOWED_LATENESS_SECONDS` when the flow is built.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        schema: Schema,
+        *,
+        key: str | None,
+        tables: Sequence[Table],
+        lateness: Duration | None = None,
+    ) -> None:
+        if not name.isidentifier():
+            raise PipelineError(f"pipeline name {name!r}: letters, digits and _ only")
+        if not tables:
+            raise PipelineError(f"{name}: a pipeline needs at least one table")
+        names = [table.name for table in tables]
+        for table_name in names:
+            if names.count(table_name) > 1:
+                raise PipelineError(f"{name}: two tables named {table_name!r}")
+            if table_name in RESERVED_TABLES:
+                raise PipelineError(f"{name}: {table_name!r} is the pipeline's own table")
+        if key is not None:
+            try:
+                schema.index(key)
+            except KeyError:
+                raise PipelineError(f"{name}: key {key!r} is not a field of the schema") from None
+        self.name = name
+        self.schema = schema
+        self.key = key
+        self.tables = tuple(tables)
+        self.lateness_ms = None if lateness is None else to_ms(lateness, "lateness")
+
+    def compile(self, default_lateness_ms: int = 0) -> CompiledPipeline:
+        """Every table compiled against the schema; `PipelineError` on the first problem."""
+        lateness_ms = self.lateness_ms if self.lateness_ms is not None else default_lateness_ms
+        if lateness_ms < 0:
+            raise PipelineError(f"{self.name}: lateness must not be negative")
+        tables = {
+            table.name: compile_table(
+                table, self.schema, lateness_ms=lateness_ms, kafka_key=self.key
+            )
+            for table in self.tables
+        }
+        return CompiledPipeline(self, lateness_ms, tables)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, tables={[t.name for t in self.tables]})"
+
+
+@dataclass(frozen=True)
+class CompiledPipeline:
+    """A pipeline ready to run: its tables compiled with one lateness."""
+
+    pipeline: Pipeline
+    lateness_ms: int
+    tables: dict[str, CompiledTable]
+
+    @property
+    def schema(self) -> Schema:
+        return self.pipeline.schema
+
+    def partition_state(self, part: str) -> PartitionState:
+        return PartitionState(part, list(self.tables.values()), self.schema.time_index)
+
+    def restore(self, state: PartitionState) -> PartitionState:
+        """A snapshot's state, its compiled tables attached again."""
+        state.bind(self.tables)
+        return state
+
+    def statements(self) -> list[tuple[str, str]]:
+        """The DDL of the pipeline's tables and views, as (name, statement), in order."""
+        out: list[tuple[str, str]] = []
+        for table in self.tables.values():
+            out.append((table.physical, table.create_table_sql()))
+            out.append((table.name, table.create_view_sql()))
+        return out

@@ -1,0 +1,225 @@
+"""Run a pipeline over records in memory: its final rows and dead letters, no servers.
+
+    from waxhouse.testing import Record, run
+
+    result = run(orders, [Record({"order_id": "o1", ...}, partition=0), ...])
+    assert result.rows["sku_sales"] == [{"window_start": ..., "sku": "A1", "orders": 2, ...}]
+    assert [d.reason for d in result.dead_letters] == ["invalid_event"]
+
+The records go through the same parser and the same compiled tables as in a flow, one
+batch at a time per partition, in bounded mode (everything is flushed at the end). The
+rows are what a plain `SELECT` on the table's view returns: replayed rows deduplicated by
+identity with the highest version winning, rows of several source partitions combined.
+Times are epoch milliseconds, decimals `decimal.Decimal`, means floats.
+
+`replay_every=n` makes it harder: every `n` batches of a partition, the state is
+snapshotted (pickled, as a flow's recovery does) and the `n` batches after the snapshot are
+processed twice, the second time from the restored snapshot, as after a crash. The final
+rows must not change: that is what exactly-once means here.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from waxhouse.engine import CompiledTable, PartitionState
+from waxhouse.fields import DEFAULT_MAX_FUTURE_MS
+from waxhouse.pipeline import CompiledPipeline, Pipeline
+from waxhouse.records import InputBatch
+from waxhouse.rows import DeadLetterRow, RowBatch
+from waxhouse.tables import CountWindow
+
+__all__ = ["Record", "Result", "run"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka record: its value (bytes, text, or a dict/list sent as JSON; None is a
+    null value), its partition, its record timestamp and optionally its offset (by default
+    the next one of its partition)."""
+
+    value: bytes | str | Mapping[str, Any] | list[Any] | None
+    partition: int = 0
+    timestamp_ms: int = 0
+    offset: int | None = None
+
+    def encoded(self) -> bytes | None:
+        if self.value is None or isinstance(self.value, bytes):
+            return self.value
+        if isinstance(self.value, str):
+            return self.value.encode()
+        return orjson.dumps(self.value)
+
+
+@dataclass
+class Result:
+    """`rows`: per table, the view's rows (dicts by column, sorted by the leading columns).
+    `dead_letters`: every rejected record, each once, by source. `emitted`: per table, the
+    physical rows in the order they were emitted, replays included."""
+
+    rows: dict[str, list[dict[str, Any]]]
+    dead_letters: list[DeadLetterRow]
+    emitted: dict[str, list[tuple]] = field(default_factory=dict)
+
+
+def run(
+    pipeline: Pipeline | CompiledPipeline,
+    records: Iterable[Record],
+    *,
+    topic: str = "events",
+    batch_size: int = 500,
+    lateness_ms: int = 0,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+    replay_every: int | None = None,
+) -> Result:
+    """The final rows and dead letters of `records` through `pipeline` (bounded mode).
+
+    `lateness_ms` applies when the pipeline declares none. Partitions are read one after
+    the other: a partition's results depend only on its own records.
+    """
+    compiled = pipeline if isinstance(pipeline, CompiledPipeline) else pipeline.compile(lateness_ms)
+    by_partition: dict[int, list[Record]] = {}
+    for record in records:
+        by_partition.setdefault(record.partition, []).append(record)
+    emitted = RowBatch()
+    for partition, part_records in sorted(by_partition.items()):
+        part = f"{topic}/{partition}"
+        batches = list(_batches(part, part_records, batch_size))
+        emitted.extend(_run_partition(compiled, part, batches, max_future_ms, replay_every))
+    dead = {row.source: row for row in emitted.dead_letters}
+    rows = {
+        name: final_rows(table, emitted.tables.get(name, []))
+        for name, table in compiled.tables.items()
+    }
+    return Result(rows, sorted(dead.values(), key=_source_order), emitted.tables)
+
+
+def _source_order(row: DeadLetterRow) -> tuple[str, int]:
+    part, _, offset = row.source.rpartition("/")
+    return part, int(offset) if offset.isdigit() else -1
+
+
+def _batches(part: str, records: list[Record], size: int) -> Iterable[InputBatch]:
+    next_offset = 0
+    offsets, values, times = [], [], []
+    for record in records:
+        offset = next_offset if record.offset is None else record.offset
+        next_offset = offset + 1
+        offsets.append(offset)
+        values.append(record.encoded())
+        times.append(record.timestamp_ms)
+        if len(offsets) == size:
+            yield InputBatch(part, offsets, values, times)
+            offsets, values, times = [], [], []
+    if offsets:
+        yield InputBatch(part, offsets, values, times)
+
+
+def _run_partition(
+    compiled: CompiledPipeline,
+    part: str,
+    batches: list[InputBatch],
+    max_future_ms: int,
+    replay_every: int | None,
+) -> RowBatch:
+    out = RowBatch()
+    state = compiled.partition_state(part)
+
+    def step(state: PartitionState, batch: InputBatch) -> None:
+        events, dead = compiled.schema.parse_batch(batch, max_future_ms)
+        out.dead_letters.extend(dead)
+        out.extend(state.process(events))
+
+    if replay_every is None:
+        for batch in batches:
+            step(state, batch)
+    else:
+        for start in range(0, len(batches), replay_every):
+            snapshot = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            chunk = batches[start : start + replay_every]
+            for batch in chunk:
+                step(state, batch)
+            # A crash: back to the snapshot, and the same batches again.
+            state = compiled.restore(pickle.loads(snapshot))
+            for batch in chunk:
+                step(state, batch)
+    out.extend(state.flush())
+    return out
+
+
+def final_rows(table: CompiledTable, physical: list[tuple]) -> list[dict[str, Any]]:
+    """What `SELECT * FROM <table>` returns once `physical` rows are stored: per identity
+    the highest version, then (for a table keyed apart from the Kafka key) the source
+    partitions combined."""
+    columns = table.columns
+    identity = [columns.index(name) for name in table.order_by]
+    version = columns.index("version")
+    latest: dict[tuple, tuple] = {}
+    for values in physical:
+        key = tuple(values[i] for i in identity)
+        held = latest.get(key)
+        if held is None or values[version] > held[version]:
+            latest[key] = values
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for values in latest.values():
+        row = dict(zip(columns, values, strict=True))
+        groups.setdefault(tuple(row[name] for name in table.leading), []).append(row)
+    out = []
+    for lead, rows in sorted(groups.items(), key=lambda item: _sortable(item[0])):
+        shown = dict(zip(table.leading, lead, strict=True))
+        for name, aggregate in table.table.aggregates.items():
+            shown[name] = _combine(table, name, aggregate.operation, rows)
+        if isinstance(table.table.window, CountWindow):
+            shown[table.table.window.columns[1]] = rows[0][table.table.window.columns[1]]
+        out.append(shown)
+    return out
+
+
+def _sortable(values: tuple) -> tuple:
+    return tuple((value is None, value) for value in values)
+
+
+def _combine(table: CompiledTable, name: str, operation: str, rows: list[dict[str, Any]]) -> Any:
+    stored = table.stored[name]
+    places = _places(table, name)
+    if operation in ("count", "count_distinct"):
+        return sum(row[name] for row in rows)
+    if operation == "sum":
+        return _scaled(sum(row[stored[0]] for row in rows), places)
+    if operation == "mean":
+        total = sum(row[stored[0]] for row in rows)
+        n = sum(row[stored[1]] for row in rows)
+        if n == 0:
+            return None
+        return total / n / 10**places if places else total / n
+    values = [row for row in rows if row[stored[0]] is not None]
+    if not values:
+        return None
+    if operation in ("min", "max"):
+        pick = min if operation == "min" else max
+        return _scaled(pick(row[stored[0]] for row in values), places)
+    if len(values) == 1 or len(stored) == 1:
+        return _scaled(values[0][stored[0]], places)
+    pick = min if operation == "first" else max
+    order = (*stored[1:], stored[0])
+    best = pick(values, key=lambda row: tuple(row[column] for column in order))
+    return _scaled(best[stored[0]], places)
+
+
+def _places(table: CompiledTable, name: str) -> int:
+    aggregate = table.table.aggregates[name]
+    if aggregate.field is None or aggregate.operation == "count_distinct":
+        return 0
+    return getattr(table.kind(aggregate.field), "places", 0)
+
+
+def _scaled(value: Any, places: int) -> Any:
+    if value is None or not places:
+        return value
+    return Decimal(value).scaleb(-places)
