@@ -5,7 +5,11 @@ A batch is one unit of work: the windowing step parses and aggregates it whole.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +58,23 @@ class IdleTick:
 
 
 SourceItem = InputBatch | IdleTick
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as a test or an embedded source describes it: its value (bytes, text, or
+    a dict/list sent as JSON; None is a null value), its partition, its record timestamp
+    (epoch ms) and optionally its offset (by default the next one of its partition)."""
+
+    value: bytes | str | Mapping[str, Any] | list[Any] | None
+    partition: int = 0
+    timestamp_ms: int = 0
+    offset: int | None = None
+
+    def encoded(self) -> bytes | None:
+        """The value's bytes, as a producer would have sent them."""
+        if self.value is None or isinstance(self.value, bytes):
+            return self.value
+        if isinstance(self.value, str):
+            return self.value.encode()
+        return orjson.dumps(self.value)

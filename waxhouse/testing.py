@@ -21,40 +21,19 @@ rows must not change: that is what exactly-once means here.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
 from waxhouse.engine import CompiledTable, PartitionState
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS
 from waxhouse.pipeline import CompiledPipeline, Pipeline
-from waxhouse.records import InputBatch
+from waxhouse.records import InputBatch, Record
 from waxhouse.rows import DeadLetterRow, RowBatch
 from waxhouse.tables import CountWindow
 
 __all__ = ["Record", "Result", "run"]
-
-
-@dataclass(frozen=True)
-class Record:
-    """One Kafka record: its value (bytes, text, or a dict/list sent as JSON; None is a
-    null value), its partition, its record timestamp and optionally its offset (by default
-    the next one of its partition)."""
-
-    value: bytes | str | Mapping[str, Any] | list[Any] | None
-    partition: int = 0
-    timestamp_ms: int = 0
-    offset: int | None = None
-
-    def encoded(self) -> bytes | None:
-        if self.value is None or isinstance(self.value, bytes):
-            return self.value
-        if isinstance(self.value, str):
-            return self.value.encode()
-        return orjson.dumps(self.value)
 
 
 @dataclass
