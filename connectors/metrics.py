@@ -146,14 +146,12 @@ FRESHNESS_BUCKETS = (
 )
 WINDOW_FRESHNESS = Histogram(
     "waxhouse_window_freshness_seconds",
-    "Wall-clock time from a window's end (page_stats: window_end; user_sessions: "
-    "session_end) to its row being written to ClickHouse, after the insert succeeded; "
-    "one observation per distinct end per insert, not per row; clamped at 0.",
+    "Wall-clock time from a window's end (its end column, e.g. window_end or session_end) "
+    "to its row being written to ClickHouse, after the insert succeeded; one observation "
+    "per distinct end per insert, not per row; clamped at 0.",
     ["table"],
     buckets=FRESHNESS_BUCKETS,
 )
-for _table in ("page_stats", "user_sessions"):
-    WINDOW_FRESHNESS.labels(table=_table)
 
 
 def observe_freshness(table: str, ends_ms: Iterable[int], now: float | None = None) -> None:

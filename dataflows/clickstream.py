@@ -3,7 +3,8 @@
     python -m bytewax.run dataflows.clickstream
 
 With `KAFKA_BOOTSTRAP_SERVERS` unset it runs embedded: the built-in generator feeds it
-and results land in the chDB store at ./data/clickhouse. See README.md for the rest.
+and results land in the chDB store at ./data/clickhouse. docs/reference.md describes its
+tables; docs/guide.md shows how a pipeline like this one is written.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ events = Schema(
     },
     event_time="ts",
 )
+Event = events.event_type  # bound here, so events pickle (as namedtuple classes must be)
 
 
 def declare(window_seconds: float, session_gap_seconds: float) -> Pipeline:

@@ -35,13 +35,14 @@ from waxhouse.connectors.metrics import (
     LATE_EVENTS,
     WATERMARK,
     WATERMARK_LAG,
+    WINDOW_FRESHNESS,
     WINDOW_ROWS,
 )
 from waxhouse.engine import PartitionState
 from waxhouse.errors import SettingsError
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, Schema
 from waxhouse.logs import configure_logging
-from waxhouse.pipeline import CompiledPipeline, Pipeline
+from waxhouse.pipeline import CompiledPipeline, Pipeline, PipelineError
 from waxhouse.records import IdleTick, SourceItem
 from waxhouse.recovery import prepare_recovery
 from waxhouse.report import RunReport
@@ -78,6 +79,13 @@ def flow(
     settings = settings or load()
     resumed, on_failure = False, None
     if bytewax_run_args() is not None:
+        # Running it: a pipeline that cannot run says why in one line, before anything.
+        try:
+            pipeline.compile(settings.lateness_ms)
+        except PipelineError as e:
+            raise SystemExit(f"waxhouse: {pipeline.name} cannot be built: {e}") from None
+        if settings.embedded and embedded is None:
+            raise SystemExit(_NO_SOURCE.format(name=pipeline.name))
         configure_logging(settings.log_level)
         logger.info("%s starting: %s", pipeline.name, settings.describe())
         resumed = prepare_recovery()
@@ -102,8 +110,10 @@ def build_dataflow(
     partition without state is then new, and read from its beginning). `on_failure`: how
     a source stops the flow when it cannot go on (default: it raises)."""
     compiled = pipeline.compile(settings.lateness_ms)
-    for name in compiled.tables:
+    for name, table in compiled.tables.items():
         LATE_EVENTS.labels(output=name)  # every table's series exists, at 0, from the start
+        if table.end_column is not None:
+            WINDOW_FRESHNESS.labels(table=name)
     dataflow = Dataflow(pipeline.name)
     # (source partition, batch of raw records | idle tick)
     source = _source(pipeline, settings, embedded, resumed, on_failure)
@@ -160,10 +170,7 @@ def _source(
 ) -> Source:
     if settings.embedded:
         if embedded is None:
-            raise SystemExit(
-                f"waxhouse: {pipeline.name} reads Kafka: set KAFKA_BOOTSTRAP_SERVERS "
-                "(it has no embedded source)"
-            )
+            return _NoSource(_NO_SOURCE.format(name=pipeline.name))
         return embedded(settings)
     source_class: Callable[..., Source] = KafkaSource
     if settings.kafka_client == "confluent":
@@ -180,6 +187,23 @@ def _source(
         resumed=resumed,
         on_failure=on_failure,
     )
+
+
+_NO_SOURCE = "waxhouse: {name} reads Kafka: set KAFKA_BOOTSTRAP_SERVERS (it has no embedded source)"
+
+
+class _NoSource(FixedPartitionedSource[tuple[str, SourceItem], Any]):
+    """Stands in for a missing source where the dataflow is built but not run (tests,
+    `waxhouse schema`); running it fails with `message`."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def list_parts(self) -> list[str]:
+        raise SettingsError(self._message)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
+        raise SettingsError(self._message)
 
 
 # --- the steps: thin Bytewax glue around the pure logic --------------------------------

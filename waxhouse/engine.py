@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from waxhouse import fields
 from waxhouse.aggregates import Aggregate, Where
+from waxhouse.errors import WaxhouseError
 from waxhouse.records import record_source
 from waxhouse.rows import DeadLetterRow, RowBatch
 from waxhouse.tables import CountWindow, Session, Sliding, Table, Tumbling
@@ -45,7 +46,7 @@ _DATETIME = "DateTime64(3, 'UTC')"
 _OFFSET, _PAYLOAD, _RECEIVED_AT = -3, -2, -1
 
 
-class PipelineError(ValueError):
+class PipelineError(WaxhouseError, ValueError):
     """A declaration that cannot be built, or cannot be exact; the message says why."""
 
 

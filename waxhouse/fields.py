@@ -39,12 +39,14 @@ which decides and explains: both give the same answer.
 from __future__ import annotations
 
 import keyword
+import linecache
 import re
 import sys
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -207,12 +209,10 @@ class TextField(Field):
         )
 
     def fast_test(self, var: str) -> str:
-        low = "0 < " if self.min_length == 1 else f"{self.min_length} <= "
-        if self.min_length == 0:
-            low = ""
-        return self._either_absent(
-            var, f"type({var}) is str and {low}len({var}) <= {self.max_length}"
-        )
+        length = f"len({var}) <= {self.max_length}"
+        if self.min_length:
+            length = f"{'0 <' if self.min_length == 1 else f'{self.min_length} <='} {length}"
+        return self._either_absent(var, f"type({var}) is str and {length}")
 
     def fast_value(self, var: str) -> str:
         if not self.intern:
@@ -231,7 +231,7 @@ class ChoiceField(Field):
             raise ValueError("one_of: give at least one choice, each a string")
 
     @property
-    def error(self) -> str:
+    def _error(self) -> str:
         return f"must be one of {', '.join(sorted(self.choices))}"
 
     def read(self, name: str, obj: Mapping[str, object]) -> object:
@@ -241,7 +241,7 @@ class ChoiceField(Field):
         if type(value) is str and value in self.choices:
             return value
         # A missing required choice says what it may be, as the clickstream's `type` does.
-        raise InvalidField(f"{name}: {self.error}")
+        raise InvalidField(f"{name}: {self._error}")
 
     def fast_test(self, var: str) -> str:
         return self._either_absent(var, f"type({var}) is str and {var} in choices_{var}")
@@ -453,7 +453,7 @@ class Schema:
         require_any: Sequence[Sequence[str]] = (),
         name: str = "Event",
     ) -> None:
-        self.fields: Mapping[str, Field] = dict(fields)
+        self.fields: Mapping[str, Field] = MappingProxyType(dict(fields))
         self.names: tuple[str, ...] = tuple(self.fields)
         for field_name, field in self.fields.items():
             _check_name(field_name)
@@ -489,7 +489,10 @@ class Schema:
             "_slow": self.parse_record,
             "_choices": {n: f.choices for n, f in self._fields if isinstance(f, ChoiceField)},
         }
-        exec(compile(self.source, f"<waxhouse schema {name}>", "exec"), namespace)
+        filename = f"<waxhouse schema {name} at {id(self):#x}>"
+        # Tracebacks through the generated loop show its lines, as attrs does.
+        linecache.cache[filename] = (len(self.source), None, self.source.splitlines(True), filename)
+        exec(compile(self.source, filename, "exec"), namespace)
         self._parse_batch: BatchParser = namespace["parse_batch"]
 
     def __repr__(self) -> str:

@@ -338,6 +338,7 @@ def test_the_runtime_environment(dockerfile: list[Instruction]) -> None:
     env = env_pairs(final_stage(dockerfile))
     assert env["PATH"].startswith("/venv/bin:")
     assert env["PYTHONUNBUFFERED"] == "1" and env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["PYTHONPATH"] == "/bytewax"  # dataflows/ importable wherever waxctl runs
     assert env["BYTEWAX_DATAFLOW_API_ENABLED"] == "true"
     assert env["BYTEWAX_DATAFLOW_API_PORT"] == str(API_PORT)
     for name in env:
@@ -725,7 +726,7 @@ def test_waxhouse_services_set_only_variables_the_project_reads(
                 assert variable in bytewax_env_names(), f"{name}: bytewax reads no {variable}"
             else:
                 assert variable in known, f"{name}: the project reads no {variable}"
-    runtime = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+    runtime = {"PATH", "PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
     for variable in env_pairs(final_stage(dockerfile)):
         assert variable in known | runtime or variable in bytewax_env_names(), variable
 

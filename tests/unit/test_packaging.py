@@ -31,7 +31,6 @@ LAYERS: dict[str, int] = {
     "waxhouse.settings": CORE,
     "waxhouse.records": CORE,
     "waxhouse.rows": CORE,
-    "waxhouse.events": CORE,
     "waxhouse.fields": CORE,
     "waxhouse.aggregates": CORE,
     "waxhouse.tables": CORE,

@@ -1,5 +1,6 @@
-"""README.md's deployment sections say what docker/ and k8s/ hold: commands, names, images,
-ports and sizes are read out of the README and compared with the files."""
+"""The deployment sections of docs/operating.md ("Docker Compose", "Kubernetes") say what
+docker/ and k8s/ hold: commands, names, images, ports and sizes are read out of them and
+compared with the files."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text(encoding="utf-8")
+OPERATING = (REPO / "docs" / "operating.md").read_text(encoding="utf-8")
 
 
 def section(title: str) -> str:
     """The text of the `## title` section, up to the next `## ` heading."""
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end > 0 else None]
+    start = OPERATING.index(f"\n## {title}\n")
+    end = OPERATING.find("\n## ", start + 1)
+    return OPERATING[start : end if end > 0 else None]
 
 
 COMPOSE_DOC = section("Docker Compose")
@@ -50,15 +51,15 @@ def test_every_path_the_sections_name_exists(doc: str) -> None:
     assert len(paths) >= 5
     paths -= {"docker/.env"}  # the user's copy of docker/.env.example, git-ignored
     for path in paths:
-        assert (REPO / path).exists(), f"README names {path}, which does not exist"
+        assert (REPO / path).exists(), f"docs/operating.md names {path}, which does not exist"
 
 
 def test_the_waxctl_command_is_the_one_deploy_sh_runs() -> None:
     script = (REPO / "k8s" / "waxctl" / "deploy.sh").read_text()
     in_script = re.search(r"^waxctl dataflow deploy .*?\"\$@\"$", script, re.DOTALL | re.M)
-    in_readme = [b for b in code_blocks(K8S_DOC) if b.startswith("waxctl dataflow deploy")]
-    assert in_script and len(in_readme) == 1
-    assert joined(in_readme[0]) == joined(in_script.group(0))
+    in_doc = [b for b in code_blocks(K8S_DOC) if b.startswith("waxctl dataflow deploy")]
+    assert in_script and len(in_doc) == 1
+    assert joined(in_doc[0]) == joined(in_script.group(0))
 
 
 def test_the_compose_table_lists_every_service_with_its_image() -> None:
@@ -80,7 +81,7 @@ def test_compose_commands_name_real_services_and_ports() -> None:
         for port in service.get("ports", [])
     }
     for port in re.findall(r"localhost:(\d+)", COMPOSE_DOC):
-        assert int(port) in published, f"README sends users to port {port}, not published"
+        assert int(port) in published, f"the docs send users to port {port}, not published"
     assert COMPOSE["services"]["loadgen"]["command"][-1] == "${LOADGEN_RATE:-500}"
     assert "(500 events/s)" in COMPOSE_DOC
 
@@ -115,7 +116,7 @@ def test_kubernetes_sizes_and_cluster_shape_match_the_statefulset() -> None:
     assert f"{replicas} replicas" in K8S_DOC
     resources = container["resources"]
     said = re.search(r"requests (\S+) CPU / (\d+) GiB and limits (\S+) CPU / (\d+) GiB", K8S_DOC)
-    assert said, "README states requests and limits"
+    assert said, "docs/operating.md states requests and limits"
     assert said.groups() == (
         resources["requests"]["cpu"],
         resources["requests"]["memory"].removesuffix("Gi"),
