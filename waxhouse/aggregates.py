@@ -57,7 +57,8 @@ class Aggregate:
         if self.operation not in OPERATIONS:
             raise ValueError(f"unknown aggregate {self.operation!r}: one of {OPERATIONS}")
         if (self.field is None) != (self.operation == "count"):
-            raise ValueError(f"{self.operation}: takes {'no' if self.field is None else 'a'} field")
+            takes = "no field" if self.operation == "count" else "a field"
+            raise ValueError(f"{self.operation}: takes {takes}")
         if self.by and self.operation not in ("first", "last"):
             raise ValueError(f"{self.operation}: `by` is for first and last only")
         if not (self.where is None or callable(self.where) or isinstance(self.where, Mapping)):

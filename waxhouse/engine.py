@@ -116,6 +116,14 @@ class _Source:
         return name
 
 
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _indent(lines: list[str], depth: int) -> list[str]:
     return ["    " * depth + line for line in lines]
 
@@ -215,17 +223,20 @@ class _TableCode:
         counts by event type cost one read of the type and at most four comparisons.
         """
         plain: list[str] = []
-        chains: dict[int, dict[str, list[str]]] = {}
+        # field index -> value -> its branch (values equal under == share one: the test
+        # `w == value` cannot tell them apart either)
+        chains: dict[int, dict[Any, tuple[str, list[str]]]] = {}
         others: dict[str, list[str]] = {}
         for compiled in self.aggregates:
             body = self._update_one(compiled, row, base + compiled.slot)
             where = compiled.aggregate.where
             if where is None:
                 plain.extend(body)
-            elif isinstance(where, Mapping) and len(where) == 1:
+            elif isinstance(where, Mapping) and len(where) == 1 and _hashable(*where.values()):
                 ((name, value),) = where.items()
                 chain = chains.setdefault(self.schema.index(name), {})
-                chain.setdefault(self.source.constant(value), []).extend(body)
+                branch = chain.setdefault(value, (self.source.constant(value), []))
+                branch[1].extend(body)
             else:
                 condition = _condition(where, self.schema, self.source)
                 assert condition is not None
@@ -234,7 +245,7 @@ class _TableCode:
         for index, chain in chains.items():
             local = f"w{index}"
             lines.append(f"{local} = e[{index}]")
-            for n, (constant, body) in enumerate(chain.items()):
+            for n, (constant, body) in enumerate(chain.values()):
                 lines.append(f"{'if' if n == 0 else 'elif'} {local} == {constant}:")
                 lines.extend(_indent(body, 1))
         for condition, body in others.items():
@@ -417,6 +428,7 @@ class CompiledTable:
     stored: dict[str, tuple[str, ...]] = field(default_factory=dict)
     leading: tuple[str, ...] = ()
     kinds: dict[str, ValueKind] = field(default_factory=dict)  # of the fields it reads
+    deletes: bool = False  # it can retract a row it wrote (sessions: the `deleted` column)
     shown: list[tuple[str, str]] = field(default_factory=list)  # the view's (expression, name)
 
     @property
@@ -453,7 +465,7 @@ class CompiledTable:
             "-- again, and a row with a higher version (more events counted) wins.\n"
             f"CREATE TABLE IF NOT EXISTS {self.physical}\n(\n{columns},\n"
             "    written_at DateTime64(3, 'UTC') DEFAULT now64(3)\n)\n"
-            "ENGINE = ReplacingMergeTree(version)\n"
+            f"ENGINE = ReplacingMergeTree({'version, deleted' if self.deletes else 'version'})\n"
             f"ORDER BY ({', '.join(self.order_by)})"
         )
 
@@ -521,6 +533,13 @@ def compile_table(
     else:
         compiled.leading = (*keys, window.columns[0])
     return compiled
+
+
+def _neutral(column_type: str) -> str:
+    """A placeholder value of `column_type` (in a deleting row, whose values nobody sees)."""
+    if column_type.startswith("Nullable("):
+        return "None"
+    return "''" if column_type == "String" else "0"
 
 
 def _key_expr(table: Table, schema: SchemaLike) -> str:
@@ -628,14 +647,23 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
         start_col, end_col = window.columns
         gap, slack = window.gap_ms, window.gap_ms + lateness
         stored = code.stored("s", 2)
-        layout = [*keys, (start_col, _DATETIME, "s[0]"), (end_col, _DATETIME, "s[1]"), *stored]
+        layout = [
+            *keys,
+            (start_col, _DATETIME, "s[0]"),
+            (end_col, _DATETIME, "s[1]"),
+            *stored,
+            ("deleted", "UInt8", "0"),
+        ]
         compiled.order_by = (*table.key_fields, start_col)
         compiled.end_column = end_col
+        compiled.deletes = True
         init = code.init()
+        flushed = 2 + code.width  # the slot after the aggregates: see SessionState
+        source.names["FLUSHED"] = flushed
         lines += [
             "def new_session(e):",
             f"    ts = e[{time}]",
-            f"    s = [ts, ts, {init}]",
+            f"    s = [ts, ts, {init}, None]",
             *_indent(["s[2] += 1", *code.update("s", 2)], 1),
             "    return s",
             "",
@@ -645,6 +673,8 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
             "    if o[1] > s[1]:",
             "        s[1] = o[1]",
             *_indent(code.merge("s", "o", 2), 1),
+            f"    if o[{flushed}]:",
+            f"        s[{flushed}] = (s[{flushed}] or []) + o[{flushed}]",
             "",
             "def add_all(self, events, marks, late):",
             "    users = self.keys",
@@ -681,7 +711,21 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
             "            late.append(i)",
         ]
         row = ", ".join(expr for _, _, expr in layout)
-        lines += ["", "def row(k, s):", f"    return ({row},)"]
+        # A row that deletes the one a bounded run flushed for a session whose start has
+        # moved since (an earlier event joined it, or it merged with another).
+        gone = {start_col: "start", end_col: "start", "version": "version", "deleted": "1"}
+        tombstone = ", ".join(
+            expr if name in dict.fromkeys(n for n, _, _ in keys) else gone.get(name, _neutral(kind))
+            for name, kind, expr in layout
+        )
+        lines += [
+            "",
+            "def row(k, s):",
+            f"    return ({row},)",
+            "",
+            "def tombstone(k, start, version):",
+            f"    return ({tombstone},)",
+        ]
         source.names["_NEVER"] = _NEVER
     else:
         batch_col, complete_col = window.columns
@@ -716,7 +760,17 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
         ]
         row = ", ".join(expr for _, _, expr in layout)
         lines += ["", "def row(k, batch, a, complete):", f"    return ({row},)"]
-    compiled.columns = tuple(name for name, _, _ in layout)
+    names = [name for name, _, _ in layout]
+    clashes = sorted(
+        {name for name in names if names.count(name) > 1} | ({"written_at"} & set(names))
+    )
+    if clashes:
+        raise PipelineError(
+            f"{table.name}: column {', '.join(map(repr, clashes))} would appear twice in "
+            f"{table.name}_data (columns: {', '.join(names)}, written_at): rename the "
+            "aggregate, the window's columns or the key field"
+        )
+    compiled.columns = tuple(names)
     compiled.types = tuple(column_type for _, column_type, _ in layout)
     compiled.source = "\n".join(lines) + "\n"
     namespace: dict[str, Any] = dict(source.names)
@@ -971,11 +1025,10 @@ class SessionState(KeyedState):
     def _close_key(self, key: Any, state: list, watermark: int, out: list[tuple]) -> None:
         gap = self._gap
         slack = gap + self.code.lateness_ms
-        row = self.code.functions["row"]
         last_closed, still_open = state[_LAST_CLOSED], []
         for session in state[_SESSIONS:]:
             if session[1] + slack < watermark:
-                out.append(row(key, session))
+                self._emit(key, session, out, final=True)
                 if last_closed is None or session[1] > last_closed:
                     last_closed = session[1]
             else:
@@ -991,8 +1044,27 @@ class SessionState(KeyedState):
             self.schedule(key, state, last_closed + gap + slack)
 
     def flush(self, out: list[tuple]) -> None:
-        row = self.code.functions["row"]
-        out.extend(row(key, s) for key, state in self.keys.items() for s in state[_SESSIONS:])
+        for key, state in self.keys.items():
+            self.dirty.add(key)
+            for session in state[_SESSIONS:]:
+                self._emit(key, session, out, final=False)
+
+    def _emit(self, key: Any, session: list, out: list[tuple], final: bool) -> None:
+        """The session's row; first, rows deleting those that earlier flushes wrote for it
+        under a start it no longer has. A flushed session is still open: a later run may
+        give it an earlier start (an earlier event joins it) or merge it with another,
+        and its old row must not stay beside the new one."""
+        functions, flushed = self.code.functions, session[-1]
+        if flushed:
+            tombstone = functions["tombstone"]
+            out.extend(
+                tombstone(key, start, version + 1)
+                for start, version in flushed
+                if start != session[0]
+            )
+        if not final:
+            session[-1] = [(session[0], session[2])]
+        out.append(functions["row"](key, session))
 
     def __len__(self) -> int:
         return sum(len(state) - _SESSIONS for state in self.keys.values())

@@ -53,8 +53,19 @@ class Pipeline:
         for table_name in names:
             if names.count(table_name) > 1:
                 raise PipelineError(f"{name}: two tables named {table_name!r}")
+        # Every table is a view `name` over a table `name_data`; the dead letters too.
+        objects = [*RESERVED_TABLES, *(f"{reserved}_data" for reserved in RESERVED_TABLES)]
+        for table_name in names:
             if table_name in RESERVED_TABLES:
                 raise PipelineError(f"{name}: {table_name!r} is the pipeline's own table")
+            for object_name in (table_name, f"{table_name}_data"):
+                if object_name in objects:
+                    raise PipelineError(
+                        f"{name}: table {table_name!r} needs the name {object_name!r}, which "
+                        f"another table or the dead letters have (a table {table_name} is "
+                        f"stored in {table_name}_data)"
+                    )
+                objects.append(object_name)
         if key is not None:
             try:
                 schema.index(key)
@@ -64,7 +75,7 @@ class Pipeline:
         self.schema = schema
         self.key = key
         self.tables = tuple(tables)
-        self.lateness_ms = None if lateness is None else to_ms(lateness, "lateness")
+        self.lateness_ms = None if lateness is None else to_ms(lateness, "lateness", zero=True)
 
     def compile(self, default_lateness_ms: int = 0) -> CompiledPipeline:
         """Every table compiled against the schema; `PipelineError` on the first problem."""

@@ -39,15 +39,17 @@ def hours(n: float) -> timedelta:
     return timedelta(hours=n)
 
 
-def to_ms(duration: Duration, what: str) -> int:
-    """Whole milliseconds of a `timedelta` or a number of seconds, at least 1."""
+def to_ms(duration: Duration, what: str, *, zero: bool = False) -> int:
+    """Whole milliseconds of a `timedelta` or a number of seconds: at least 1, or 0 too
+    with `zero`."""
     ms = (
         duration // timedelta(milliseconds=1)
         if isinstance(duration, timedelta)
         else round(duration * 1000)
     )
-    if ms <= 0:
-        raise ValueError(f"{what}: must be at least one millisecond, got {duration!r}")
+    if ms < 0 or (ms == 0 and not zero):
+        least = "0" if zero else "one millisecond"
+        raise ValueError(f"{what}: must be at least {least}, got {duration!r}")
     return ms
 
 

@@ -134,8 +134,8 @@ def _run_partition(
 
 def final_rows(table: CompiledTable, physical: list[tuple]) -> list[dict[str, Any]]:
     """What `SELECT * FROM <table>` returns once `physical` rows are stored: per identity
-    the highest version, then (for a table keyed apart from the Kafka key) the source
-    partitions combined."""
+    the highest version unless that one deletes the row, then (for a table keyed apart
+    from the Kafka key) the source partitions combined."""
     columns = table.columns
     identity = [columns.index(name) for name in table.order_by]
     version = columns.index("version")
@@ -148,6 +148,8 @@ def final_rows(table: CompiledTable, physical: list[tuple]) -> list[dict[str, An
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for values in latest.values():
         row = dict(zip(columns, values, strict=True))
+        if row.get("deleted"):
+            continue  # retracted: FINAL drops it
         groups.setdefault(tuple(row[name] for name in table.leading), []).append(row)
     out = []
     for lead, rows in sorted(groups.items(), key=lambda item: _sortable(item[0])):

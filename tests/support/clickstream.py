@@ -51,6 +51,7 @@ class SessionRow(NamedTuple):
     entry_page: str
     exit_page: str
     version: int
+    deleted: int = 0  # 1: retracts a row a bounded run flushed under another start
 
 
 assert len(PageStatsRow._fields) == len(PAGE_STATS_TABLE.columns)
