@@ -7,15 +7,16 @@ import itertools
 import os
 import random
 import re
+import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
 
 import orjson
 from kafka import KafkaProducer
 
-from tests.support.flow import run_flow
+from tests.support.flow import REPO, run_flow
 from tests.support.kafka_broker import KafkaBroker
-from waxhouse.connectors.generator import GeneratedRecord
 
 _SUMMARY = re.compile(r"waxhouse: ([\d,]+) records in [\d.]+ s \(([\d,]+) records/s\)")
 
@@ -31,7 +32,19 @@ def bootstrap() -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
-def produce(servers: str, topic: str, records: Iterable[GeneratedRecord]) -> int:
+class KafkaRecord(Protocol):
+    """What `produce` sends: a generated record (`GeneratedRecord`, `RealisticRecord`).
+    A None value is a tombstone."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+
+
+def produce(servers: str, topic: str, records: Iterable[KafkaRecord]) -> int:
     """Produce in order, keyed by user, with big batches; returns how many were sent."""
     producer = KafkaProducer(
         bootstrap_servers=servers,
@@ -46,6 +59,20 @@ def produce(servers: str, topic: str, records: Iterable[GeneratedRecord]) -> int
     producer.flush()
     producer.close()
     return sent
+
+
+def flow_version() -> str:
+    """The commit of the flow the benchmarks run, and whether its code has uncommitted
+    changes. Read-only, without git's optional index lock (others may be committing)."""
+    git = ["git", "--no-optional-locks", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--", "waxhouse", "connectors", "dataflows"],
+        capture_output=True,
+        text=True,
+    )
+    commit = f"`{head.stdout.strip()}`" if head.returncode == 0 else "unknown"
+    return commit + (" with uncommitted changes" if changed.stdout.strip() else "")
 
 
 def timed_flow(env: Mapping[str, str]) -> tuple[str, float]:

@@ -17,7 +17,7 @@ Bytes per open session = (peak RSS of `sessions` - peak RSS of `control`) / (ses
 and ClickHouse cost alike cancels out. The end of input flushes every open session to
 ClickHouse, so the peak includes writing them once.
 
-Then, in a fresh process each, the state alone: `waxhouse.windows.PartitionWindows`
+Then, in a fresh process each, the state alone: the clickstream's compiled `PartitionState`
 (one per partition) fed the same events in batches, nothing flushed; the bytes of Python
 objects it holds afterwards (`tracemalloc`, after a full garbage collection). Writes
 `bench/results/memory.md`.
@@ -163,24 +163,24 @@ def drain(
 
 
 def state_bytes(shape: Shape) -> int:
-    """Bytes of Python objects held by `PartitionWindows` fed every event, nothing flushed.
+    """Bytes of Python objects held by the clickstream's `PartitionState` fed every event,
+    nothing flushed.
 
     Runs in a child process. Events are parsed the way the flow parses a poll
     (`parse_batch`), in batches of 10,000 per partition; what stays allocated once the
     batches are gone (`tracemalloc`, after a full collection) is the windows' state. (RSS
     is no measure here: memory freed by the parser stays in the process.)
     """
-    from waxhouse.events import parse_batch
+    from dataflows.clickstream import declare, events
     from waxhouse.records import InputBatch
-    from waxhouse.windows import WindowConfig
 
-    config = WindowConfig(window_ms=60_000, lateness_ms=10_000, session_gap_ms=1_800_000)
+    compiled = declare(60, 1_800).compile(10_000)
     parts = [f"memory/{p}" for p in range(PARTITIONS)]
     batches: dict[str, list[tuple[bytes, int]]] = {part: [] for part in parts}
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    windows = {part: config.build(part) for part in parts}
+    windows = {part: compiled.partition_state(part) for part in parts}
     offsets = dict.fromkeys(parts, 0)
 
     def feed(part: str) -> None:
@@ -192,10 +192,10 @@ def state_bytes(shape: Shape) -> int:
             [value for value, _ in pending],
             [ts for _, ts in pending],
         )
-        events, dead = parse_batch(batch)
+        parsed, dead = events.parse_batch(batch)
         if dead:
             raise RuntimeError(f"{len(dead)} generated events were rejected: {dead[0]}")
-        windows[part].process(events)
+        windows[part].process(parsed)
         offsets[part] += len(pending)
         pending.clear()
 
@@ -329,7 +329,7 @@ def main() -> None:
     ]
     if state:
         lines += [
-            "The windowing state alone: `PartitionWindows` (one per partition) fed the same"
+            "The windowing state alone: `PartitionState` (one per partition) fed the same"
             " events in a fresh process, nothing flushed; Python objects it holds"
             " (`tracemalloc`):",
             "",

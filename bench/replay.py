@@ -38,10 +38,11 @@ from typing import Literal
 import orjson
 
 from bench.common import bootstrap, produce, timed_flow
+from dataflows.clickstream import Event, events
 from tests.support.clickhouse import query_rows
 from tests.support.kafka_broker import create_topic
 from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
-from waxhouse.events import Event, parse_record, parse_timestamp
+from waxhouse.fields import parse_timestamp
 
 Kind = Literal["backfill", "live-like"]
 KINDS: tuple[Kind, Kind] = ("backfill", "live-like")
@@ -155,7 +156,7 @@ def shift_ts(raw: object, shift_ms: int) -> object:
 def shift_record(record: GeneratedRecord, shift_ms: int) -> GeneratedRecord:
     """The same record `shift_ms` later: its record time and, if it is a valid event, `ts`."""
     value = record.value
-    parsed = parse_record(value, "", record.n, record.timestamp_ms)
+    parsed = events.parse_record(value, "", record.n, record.timestamp_ms)
     if isinstance(parsed, Event):
         event = orjson.loads(value)
         event["ts"] = shift_ts(event["ts"], shift_ms)

@@ -171,7 +171,12 @@ class _TableCode:
         for name, aggregate in table.aggregates.items():
             kind = None if aggregate.field is None else _kind(schema, aggregate.field)
             self._check(name, aggregate, kind, kafka_key)
-            width = 2 if aggregate.operation == "mean" else 1
+            if aggregate.operation == "mean":
+                width = 2  # sum, count
+            elif aggregate.operation in ("first", "last"):
+                width = 2 + len(aggregate.by)  # time, ties, value: flat, no tuple per row
+            else:
+                width = 1
             self.aggregates.append(_Compiled(name, aggregate, slot, width, kind))
             slot += width
         self.width = slot
@@ -212,7 +217,7 @@ class _TableCode:
             elif operation == "count_distinct":
                 values.append("set()")
             else:
-                values.append("None")
+                values.extend(["None"] * compiled.width)
         return ", ".join(values)
 
     def update(self, row: str, base: int) -> list[str]:
@@ -272,7 +277,7 @@ class _TableCode:
             better = "<" if operation == "min" else ">"
             ops = [f"if {slot} is None or v {better} {slot}:", f"    {slot} = v"]
         else:
-            ops = self._first_last(aggregate, slot)
+            ops = self._first_last(aggregate, row, at)
         if kind is not None and kind.nullable:
             body.append("if v is not None:")
             body.extend(_indent(ops, 1))
@@ -280,16 +285,23 @@ class _TableCode:
             body.extend(ops)
         return body
 
-    def _first_last(self, aggregate: Aggregate, slot: str) -> list[str]:
-        """Keep (time, *ties, value) of the earliest (or latest) event; a cheap test on
-        the time first, the tuple only when it may win."""
-        cmp, better = ("<=", "<") if aggregate.operation == "first" else (">=", ">")
-        ties = "".join(f", e[{self.schema.index(name)}]" for name in aggregate.by)
-        key = f"(e[{self.time_index}]{ties}, v)"
+    def _first_last(self, aggregate: Aggregate, row: str, at: int) -> list[str]:
+        """Keep the time, ties and value of the earliest (or latest) event in the slots
+        from `at`: the time decides, the rest only on a tie."""
+        better = "<" if aggregate.operation == "first" else ">"
+        ties = [f"e[{self.schema.index(name)}]" for name in aggregate.by]
+        mine = [*ties, "v"]
+        held = [f"{row}[{at + 1 + i}]" for i in range(len(mine))]
+        on_tie = (
+            f"{mine[0]} {better} {held[0]}"
+            if len(mine) == 1
+            else f"({', '.join(mine)}) {better} ({', '.join(held)})"
+        )
         return [
-            f"best = {slot}",
-            f"if best is None or (e[{self.time_index}] {cmp} best[0] and {key} {better} best):",
-            f"    {slot} = {key}",
+            f"t = e[{self.time_index}]",
+            f"best = {row}[{at}]",
+            f"if best is None or t {better} best or (t == best and {on_tie}):",
+            f"    {row}[{at}:{at + 1 + len(mine)}] = t, {', '.join(mine)}",
         ]
 
     def merge(self, into: str, other: str, base: int) -> list[str]:
@@ -305,10 +317,20 @@ class _TableCode:
                 lines.extend((f"{a} += {b}", f"{into}[{at + 1}] += {other}[{at + 1}]"))
             elif operation == "count_distinct":
                 lines.append(f"{a} |= {b}")
-            else:
-                better = "<" if operation in ("min", "first") else ">"
+            elif operation in ("min", "max"):
+                better = "<" if operation == "min" else ">"
                 lines.extend(
                     (f"if {b} is not None and ({a} is None or {b} {better} {a}):", f"    {a} = {b}")
+                )
+            else:  # first, last: the whole (time, ties, value) decides
+                better = "<" if operation == "first" else ">"
+                end = at + compiled.width
+                lines.extend(
+                    (
+                        f"if {b} is not None and ({a} is None or "
+                        f"{other}[{at}:{end}] {better} {into}[{at}:{end}]):",
+                        f"    {into}[{at}:{end}] = {other}[{at}:{end}]",
+                    )
                 )
         return lines
 
@@ -344,20 +366,15 @@ class _TableCode:
         value_type = f"Nullable({kind.type})" if nullable else kind.type
         if operation in ("min", "max"):
             return [(name + unit, value_type, slot)]
-        value = f"{slot}[-1]" if not nullable else f"(None if {slot} is None else {slot}[-1])"
-        columns = [(name + unit, value_type, value)]
+        # first, last: slots time, ties, value (None until an event has one)
+        columns = [(name + unit, value_type, f"{row}[{at + compiled.width - 1}]")]
         if self.combined:  # the order key, for argMin / argMax across partitions
-            order = [(f"{name}_ts", _DATETIME, 0)] + [
-                (f"{name}_by_{tie}", _kind(self.schema, tie).type, i + 1)
-                for i, tie in enumerate(compiled.aggregate.by)
+            order = [(f"{name}_ts", _DATETIME)] + [
+                (f"{name}_by_{tie}", _kind(self.schema, tie).type) for tie in compiled.aggregate.by
             ]
-            for column, column_type, i in order:
-                expr = (
-                    f"{slot}[{i}]" if not nullable else f"(None if {slot} is None else {slot}[{i}])"
-                )
-                columns.append(
-                    (column, f"Nullable({column_type})" if nullable else column_type, expr)
-                )
+            for i, (column, column_type) in enumerate(order):
+                column_type = f"Nullable({column_type})" if nullable else column_type
+                columns.append((column, column_type, f"{row}[{at + i}]"))
         return columns
 
     def shown(self) -> list[tuple[str, str]]:
@@ -658,12 +675,13 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
         compiled.end_column = end_col
         compiled.deletes = True
         init = code.init()
-        flushed = 2 + code.width  # the slot after the aggregates: see SessionState
-        source.names["FLUSHED"] = flushed
+        # After the aggregates: the flush generation the start was set in, and the
+        # (start, version) rows to delete (see SessionState).
+        gen_slot = 2 + code.width
         lines += [
-            "def new_session(e):",
+            "def new_session(e, gen):",
             f"    ts = e[{time}]",
-            f"    s = [ts, ts, {init}, None]",
+            f"    s = [ts, ts, {init}, gen, None]",
             *_indent(["s[2] += 1", *code.update("s", 2)], 1),
             "    return s",
             "",
@@ -673,12 +691,11 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
             "    if o[1] > s[1]:",
             "        s[1] = o[1]",
             *_indent(code.merge("s", "o", 2), 1),
-            f"    if o[{flushed}]:",
-            f"        s[{flushed}] = (s[{flushed}] or []) + o[{flushed}]",
             "",
             "def add_all(self, events, marks, late):",
             "    users = self.keys",
             "    dirty = self.dirty",
+            "    gen = self.generation",
             "    for i, e in enumerate(events):",
             *_indent(skip, 2),
             f"        ts = e[{time}]",
@@ -689,7 +706,7 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
             f"            if ts + {slack} < marks[i]:",
             "                late.append(i)",
             "            else:",
-            "                state = users[k] = [None, _NEVER, new_session(e)]",
+            "                state = users[k] = [None, _NEVER, new_session(e, gen)]",
             f"                self.schedule(k, state, ts + {slack})",
             "            continue",
             "        if len(state) == 3:",
@@ -704,6 +721,10 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
             "                if ts > end:",
             "                    s[1] = ts",
             "                elif ts < start:",
+            f"                    if s[{gen_slot}] < gen:  # a flush wrote it under `start`",
+            f"                        gone = s[{gen_slot + 1}] or []",
+            f"                        s[{gen_slot + 1}] = [*gone, (start, s[2])]",
+            f"                        s[{gen_slot}] = gen",
             "                    s[0] = ts",
             *_indent(["s[2] += 1", *code.update("s", 2)], 4),
             "                continue",
@@ -947,10 +968,18 @@ class SessionState(KeyedState):
     def __init__(self, table: str, part: str) -> None:
         super().__init__(table, part)
         self._deadlines: list[tuple[int, Any]] = []
+        # How many times a bounded run flushed the open sessions. A session records the
+        # generation its start was set in: if a flush came after (its generation is
+        # lower), a row was written under that start, and moving the start must delete it.
+        self.generation = 0
 
-    def decode(self, data: list[bytes]) -> None:
+    def encode(self) -> tuple[list[bytes], int]:  # type: ignore[override]
+        return super().encode(), self.generation
+
+    def decode(self, data: tuple[list[bytes], int]) -> None:  # type: ignore[override]
         """The heap is not in the snapshot: it is rebuilt from the keys' deadlines."""
-        super().decode(data)
+        segments, self.generation = data
+        super().decode(segments)
         self._deadlines = [
             (key_state[_DEADLINE], key)
             for key, key_state in self.keys.items()
@@ -986,7 +1015,11 @@ class SessionState(KeyedState):
         if state is None:
             if ts + gap + lateness < watermark:
                 return False
-            state = self.keys[key] = [None, _NEVER, functions["new_session"](event)]
+            state = self.keys[key] = [
+                None,
+                _NEVER,
+                functions["new_session"](event, self.generation),
+            ]
             self.schedule(key, state, ts + gap + lateness)
             return True
         last_closed, sessions = state[_LAST_CLOSED], state[_SESSIONS:]
@@ -1001,9 +1034,19 @@ class SessionState(KeyedState):
             start = ts
         if last_closed is not None and start - gap <= last_closed:
             return False
-        merged = functions["new_session"](event)
+        gen = self.generation
+        merged = functions["new_session"](event, gen)
+        written: list[tuple[int, int]] = []  # rows flushes wrote that must go
         for session in touching:
             functions["merge"](merged, session)
+            written.extend(session[-1] or ())
+            if session[-2] < gen:
+                written.append((session[0], session[2]))
+        # The merged session keeps the start of one of them, or the new event's: a row
+        # written under that start is its own, and stays (a higher version replaces it).
+        own = [version for start, version in written if start == merged[0]]
+        merged[-2] = -1 if own else gen
+        merged[-1] = [(start, version) for start, version in written if start != merged[0]] or None
         kept = [s for s in sessions if not any(s is t for t in touching)]
         kept.append(merged)
         kept.sort(key=_session_start)
@@ -1028,7 +1071,7 @@ class SessionState(KeyedState):
         last_closed, still_open = state[_LAST_CLOSED], []
         for session in state[_SESSIONS:]:
             if session[1] + slack < watermark:
-                self._emit(key, session, out, final=True)
+                self._emit(key, session, out)
                 if last_closed is None or session[1] > last_closed:
                     last_closed = session[1]
             else:
@@ -1044,26 +1087,25 @@ class SessionState(KeyedState):
             self.schedule(key, state, last_closed + gap + slack)
 
     def flush(self, out: list[tuple]) -> None:
+        """Every open session's row, the sessions left as they are: the generation counts
+        the flush (a flushed session may still change, and its row with it)."""
         for key, state in self.keys.items():
-            self.dirty.add(key)
             for session in state[_SESSIONS:]:
-                self._emit(key, session, out, final=False)
+                if session[-1]:
+                    self.dirty.add(key)
+                self._emit(key, session, out)
+        self.generation += 1
 
-    def _emit(self, key: Any, session: list, out: list[tuple], final: bool) -> None:
+    def _emit(self, key: Any, session: list, out: list[tuple]) -> None:
         """The session's row; first, rows deleting those that earlier flushes wrote for it
         under a start it no longer has. A flushed session is still open: a later run may
         give it an earlier start (an earlier event joins it) or merge it with another,
         and its old row must not stay beside the new one."""
-        functions, flushed = self.code.functions, session[-1]
-        if flushed:
+        functions, gone = self.code.functions, session[-1]
+        if gone:
             tombstone = functions["tombstone"]
-            out.extend(
-                tombstone(key, start, version + 1)
-                for start, version in flushed
-                if start != session[0]
-            )
-        if not final:
-            session[-1] = [(session[0], session[2])]
+            out.extend(tombstone(key, start, version + 1) for start, version in gone)
+            session[-1] = None
         out.append(functions["row"](key, session))
 
     def __len__(self) -> int:

@@ -2,8 +2,8 @@
 
 The job: tumbling 60 s event-time windows aligned to the epoch, the count of valid events
 per page per window. An event is valid under the same rules as waxhouse's (DESIGN.md,
-"Input events"); the timestamp rule is waxhouse's own `parse_timestamp`, so every peer
-agrees on what a valid `ts` is. Malformed records are skipped.
+"Input events"); the timestamp rule is waxhouse's own (`waxhouse.fields.parse_timestamp`),
+so every peer agrees on what a valid `ts` is. Malformed records are skipped.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import orjson
 
-from waxhouse.events import EVENT_TYPES, InvalidField, parse_timestamp
+from waxhouse.fields import InvalidField, parse_timestamp
 
 WINDOW_MS = 60_000
+EVENT_TYPES = frozenset(("page_view", "click", "add_to_cart", "purchase"))
 _LIMITS = (("event_id", 128), ("user_id", 256), ("page", 2048))
 
 

@@ -1,7 +1,10 @@
 """Ours: `python -m bytewax.run dataflows.clickstream` in bounded mode into a fresh chDB store.
 
-With `--check`, it only reads the counts back from that store's `page_stats` (a separate
-process, so the query is not part of the timed drain). With `--flow-repo DIR` the flow is
+With `--check`, it only reads the results back from that store (a separate process, so
+the queries are not part of the timed drain): the counts per page and window from
+`page_stats`, and in the report's notes what the other outputs account for (dead letters
+per reason, late ones per output they missed, events in `user_sessions`), from which
+`bench.compare` checks that every record is accounted for. With `--flow-repo DIR` the flow is
 the one of another checkout (its `dataflows`, `connectors` and `waxhouse` packages, run
 from DIR), for a comparison with an earlier commit. `main(env)` runs it with extra
 settings (`bench.peers.waxhouse_confluent`); the Kafka client the flow says it uses is
@@ -25,6 +28,12 @@ _CLIENT = re.compile(r"'kafka_client': '([\w-]+)'")
 COUNTS_SQL = """
     SELECT page, toUnixTimestamp64Milli(window_start), views + clicks + add_to_carts + purchases
     FROM page_stats"""
+# Late dead letters name the outputs they missed in `error` ("missed page_stats, ...").
+DEAD_LETTERS_SQL = """
+    SELECT reason, count(),
+        countIf(position(error, 'page_stats') > 0), countIf(position(error, 'user_sessions') > 0)
+    FROM dead_letters GROUP BY reason"""
+SESSION_EVENTS_SQL = "SELECT sum(events) FROM user_sessions"
 
 
 def store_url(out: Path) -> str:
@@ -59,8 +68,16 @@ def drain(
 
 def check(out: Path) -> None:
     report = Report()
-    rows = query_rows(store_url(out), COUNTS_SQL)
+    url = store_url(out)
+    rows = query_rows(url, COUNTS_SQL)
     report.counts = {count_key(page, start): int(n) for page, start, n in rows}
+    dead = query_rows(url, DEAD_LETTERS_SQL)
+    report.notes["dead_letters"] = {reason: int(n) for reason, n, _, _ in dead}
+    report.notes["late_missed"] = {
+        "page_stats": sum(int(pages) for reason, _, pages, _ in dead if reason == "late"),
+        "user_sessions": sum(int(users) for reason, _, _, users in dead if reason == "late"),
+    }
+    report.notes["session_events"] = int(query_rows(url, SESSION_EVENTS_SQL)[0][0] or 0)
     report.write(out.with_suffix(".counts.json"))
 
 
