@@ -171,6 +171,10 @@ class _TableCode:
         for name, aggregate in table.aggregates.items():
             kind = None if aggregate.field is None else _kind(schema, aggregate.field)
             self._check(name, aggregate, kind, kafka_key)
+            if aggregate.operation == "count" and aggregate.where is None:
+                # Every event the table keeps: that is the row's version, slot 0.
+                self.aggregates.append(_Compiled(name, aggregate, 0, 0, kind))
+                continue
             if aggregate.operation == "mean":
                 width = 2  # sum, count
             elif aggregate.operation in ("first", "last"):
@@ -210,6 +214,8 @@ class _TableCode:
         values = ["0"]
         for compiled in self.aggregates:
             operation = compiled.aggregate.operation
+            if not compiled.width:
+                continue  # the version
             if operation in ("count", "sum"):
                 values.append("0")
             elif operation == "mean":
@@ -233,6 +239,8 @@ class _TableCode:
         chains: dict[int, dict[Any, tuple[str, list[str]]]] = {}
         others: dict[str, list[str]] = {}
         for compiled in self.aggregates:
+            if not compiled.width:
+                continue  # the version, counted by the loop itself
             body = self._update_one(compiled, row, base + compiled.slot)
             where = compiled.aggregate.where
             if where is None:
@@ -301,13 +309,16 @@ class _TableCode:
             f"t = e[{self.time_index}]",
             f"best = {row}[{at}]",
             f"if best is None or t {better} best or (t == best and {on_tie}):",
-            f"    {row}[{at}:{at + 1 + len(mine)}] = t, {', '.join(mine)}",
+            # One store per slot: cheaper than a slice assignment from a new tuple.
+            *(f"    {row}[{at + i}] = {value}" for i, value in enumerate(["t", *mine])),
         ]
 
     def merge(self, into: str, other: str, base: int) -> list[str]:
         """Lines folding row list `other` into `into` (sessions that an event joins)."""
         lines = [f"{into}[{base}] += {other}[{base}]"]
         for compiled in self.aggregates:
+            if not compiled.width:
+                continue  # the version, summed above
             at = base + compiled.slot
             a, b = f"{into}[{at}]", f"{other}[{at}]"
             operation = compiled.aggregate.operation
