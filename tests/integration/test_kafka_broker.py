@@ -190,13 +190,18 @@ def test_a_wrong_password_is_refused_and_no_password_is_logged(
     listener = kafka_broker.secured_listener(protocol)
     caplog.set_level(logging.WARNING, logger="kafka")
 
-    # kafka-python retries the bootstrap until its timeout, logging why it failed.
-    with pytest.raises(KafkaTimeoutError):
-        KafkaProducer(
-            bootstrap_servers=listener.bootstrap_servers,
-            bootstrap_timeout_ms=5_000,
-            **listener.kafka_python_options(password=WRONG_PASSWORD),
-        )
+    # kafka-python retries the bootstrap until its timeout, logging why it failed. A busy
+    # broker can take longer than one attempt's 5 s to answer the SCRAM exchange: a few
+    # attempts, each refused.
+    for _ in range(4):
+        with pytest.raises(KafkaTimeoutError):
+            KafkaProducer(
+                bootstrap_servers=listener.bootstrap_servers,
+                bootstrap_timeout_ms=5_000,
+                **listener.kafka_python_options(password=WRONG_PASSWORD),
+            )
+        if "SaslAuthenticationFailedError" in caplog.text:
+            break
     assert "SaslAuthenticationFailedError" in caplog.text
     # librdkafka reports an authentication error to the error callback.
     errors: list[confluent_kafka.KafkaError] = []
