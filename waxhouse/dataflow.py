@@ -78,12 +78,15 @@ def flow(
     """
     settings = settings or load()
     resumed, on_failure = False, None
-    if bytewax_run_args() is not None:
+    running = bytewax_run_args() is not None
+    try:
+        compiled = pipeline.compile(settings.lateness_ms)
+    except PipelineError as e:
+        if not running:
+            raise
         # Running it: a pipeline that cannot run says why in one line, before anything.
-        try:
-            pipeline.compile(settings.lateness_ms)
-        except PipelineError as e:
-            raise SystemExit(f"waxhouse: {pipeline.name} cannot be built: {e}") from None
+        raise SystemExit(f"waxhouse: {pipeline.name} cannot be built: {e}") from None
+    if running:
         if settings.embedded and embedded is None:
             raise SystemExit(_NO_SOURCE.format(name=pipeline.name))
         configure_logging(settings.log_level)
@@ -94,22 +97,26 @@ def flow(
         stopper = flow_stopper()
         on_failure = stopper.fail if stopper is not None else None
     return build_dataflow(
-        pipeline, settings, embedded=embedded, resumed=resumed, on_failure=on_failure
+        compiled, settings, embedded=embedded, resumed=resumed, on_failure=on_failure
     )
 
 
 def build_dataflow(
-    pipeline: Pipeline,
+    pipeline: Pipeline | CompiledPipeline,
     settings: Settings,
     *,
     embedded: EmbeddedSource | None = None,
     resumed: bool = False,
     on_failure: Callable[[str], None] | None = None,
 ) -> Dataflow:
-    """The dataflow alone. `resumed`: it resumes from committed recovery state (a Kafka
-    partition without state is then new, and read from its beginning). `on_failure`: how
-    a source stops the flow when it cannot go on (default: it raises)."""
-    compiled = pipeline.compile(settings.lateness_ms)
+    """The dataflow alone, of `pipeline` (or of it already compiled). `resumed`: it
+    resumes from committed recovery state (a Kafka partition without state is then new,
+    and read from its beginning). `on_failure`: how a source stops the flow when it cannot
+    go on (default: it raises)."""
+    if isinstance(pipeline, CompiledPipeline):
+        compiled, pipeline = pipeline, pipeline.pipeline
+    else:
+        compiled = pipeline.compile(settings.lateness_ms)
     for name, table in compiled.tables.items():
         LATE_EVENTS.labels(output=name)  # every table's series exists, at 0, from the start
         if table.end_column is not None:
