@@ -11,7 +11,6 @@ checked against plain Python in tests/unit/test_guide.py.
 from __future__ import annotations
 
 import subprocess
-import sys
 import types
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,7 +21,7 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.support.clickhouse import query_rows
-from tests.support.flow import flow_env, recovery_args
+from tests.support.flow import recovery_args, run_python
 from tests.support.guide import guide_source, import_guide_module
 from tests.support.kafka_broker import TopicFactory
 from waxhouse.records import Record
@@ -48,18 +47,12 @@ def expected(guide: types.ModuleType, records: list[Record], topic: str) -> Resu
 
 
 def run_orders(
-    directory: Path, env: dict[str, str], args: Sequence[str] = ()
+    directory: Path, env: dict[str, str], args: Sequence[str] = (), source: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    (directory / "orders.py").write_text(guide_source(), encoding="utf-8")
-    return subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "orders", *args],
-        cwd=directory,
-        env=flow_env(env),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    """Write the guide's `orders.py` (or `source`) to `directory` and run it from there."""
+    text = guide_source() if source is None else source
+    (directory / "orders.py").write_text(text, encoding="utf-8")
+    return run_python(["-m", "bytewax.run", "orders", *args], env, cwd=directory, timeout_s=600)
 
 
 def _plain(value: Any) -> Any:
@@ -153,16 +146,8 @@ def test_a_pipeline_that_cannot_be_exact_stops_with_one_line(tmp_path: Path) -> 
     source = guide_source()
     bad = 'aggregates={\n        "order_ids": agg.count_distinct("order_id"),'
     assert "aggregates={" in source
-    (tmp_path / "orders.py").write_text(source.replace("aggregates={", bad, 1), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "orders"],
-        cwd=tmp_path,
-        env=flow_env({"CLICKHOUSE_URL": f"chdb://{tmp_path / 'store'}"}),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    refused = source.replace("aggregates={", bad, 1)
+    done = run_orders(tmp_path, {"CLICKHOUSE_URL": f"chdb://{tmp_path / 'store'}"}, source=refused)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -75,16 +75,20 @@ def start_flow(
 
 
 def run_python(
-    args: Sequence[str], overrides: Mapping[str, str]
+    args: Sequence[str],
+    overrides: Mapping[str, str],
+    *,
+    cwd: Path = REPO,
+    timeout_s: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python ARGS` to completion in the repository, in the flow's environment."""
+    """Run `python ARGS` to completion in `cwd` (the repository), in the flow's environment."""
     return subprocess.run(
         [sys.executable, *args],
-        cwd=REPO,
+        cwd=cwd,
         env=flow_env(overrides),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout_s,
         stdin=subprocess.DEVNULL,
         check=False,
     )
