@@ -50,6 +50,7 @@ from waxhouse.rows import DeadLetterRow, RowBatch
 from waxhouse.runargs import bytewax_run_args
 from waxhouse.runtime import stop_on_sigterm, tune_garbage_collector
 from waxhouse.settings import Settings, load_settings
+from waxhouse.snapshots import SegmentFiles, segment_files
 from waxhouse.stopping import flow_stopper
 
 __all__ = ["EmbeddedSource", "build_dataflow", "flow", "load", "table_specs"]
@@ -77,8 +78,9 @@ def flow(
     the settings; without one, a pipeline needs Kafka.
     """
     settings = settings or load()
-    resumed, on_failure = False, None
-    running = bytewax_run_args() is not None
+    resumed, on_failure, segments = False, None, None
+    args = bytewax_run_args()
+    running = args is not None
     try:
         compiled = pipeline.compile(settings.lateness_ms)
     except PipelineError as e:
@@ -92,12 +94,18 @@ def flow(
         configure_logging(settings.log_level)
         logger.info("%s starting: %s", pipeline.name, settings.describe())
         resumed = prepare_recovery()
+        segments = segment_files(args)
         tune_garbage_collector()
         stop_on_sigterm()
         stopper = flow_stopper()
         on_failure = stopper.fail if stopper is not None else None
     return build_dataflow(
-        compiled, settings, embedded=embedded, resumed=resumed, on_failure=on_failure
+        compiled,
+        settings,
+        embedded=embedded,
+        resumed=resumed,
+        on_failure=on_failure,
+        segments=segments,
     )
 
 
@@ -108,11 +116,13 @@ def build_dataflow(
     embedded: EmbeddedSource | None = None,
     resumed: bool = False,
     on_failure: Callable[[str], None] | None = None,
+    segments: Callable[[], SegmentFiles] | None = None,
 ) -> Dataflow:
     """The dataflow alone, of `pipeline` (or of it already compiled). `resumed`: it
     resumes from committed recovery state (a Kafka partition without state is then new,
     and read from its beginning). `on_failure`: how a source stops the flow when it cannot
-    go on (default: it raises)."""
+    go on (default: it raises). `segments`: where snapshots keep their sealed segments
+    (`waxhouse.snapshots.segment_files`; default: inside the snapshots)."""
     if isinstance(pipeline, CompiledPipeline):
         compiled, pipeline = pipeline, pipeline.pipeline
     else:
@@ -127,7 +137,7 @@ def build_dataflow(
     batches = op.input("input", dataflow, source)
     parsed = op.map_value("parse", batches, Parse(compiled.schema, settings.max_future_ms))
     # (source partition, closed rows of every table + dead letters)
-    rows = op.stateful_batch("windows", parsed, PartitionLogic.builder(compiled))
+    rows = op.stateful_batch("windows", parsed, PartitionLogic.builder(compiled, segments))
 
     to_clickhouse = op.map("route", rows, lambda kv: ("clickhouse", kv[1]))
     retry = RetryPolicy(max_attempts=1_000, max_elapsed_seconds=settings.clickhouse_retry_seconds)
@@ -253,16 +263,29 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
     offset, so a resumed flow replays exactly the records after it.
     """
 
-    def __init__(self, compiled: CompiledPipeline, state: PartitionState | None) -> None:
+    def __init__(
+        self,
+        compiled: CompiledPipeline,
+        state: PartitionState | None,
+        files: SegmentFiles | None = None,
+    ) -> None:
         self._compiled = compiled
         self._state = state
+        self._files = files
 
     @classmethod
-    def builder(cls, compiled: CompiledPipeline) -> Callable[[bytes | None], PartitionLogic]:
+    def builder(
+        cls, compiled: CompiledPipeline, segments: Callable[[], SegmentFiles] | None = None
+    ) -> Callable[[bytes | None], PartitionLogic]:
+        """`segments`: with recovery, where the snapshots' sealed segments are kept
+        (`waxhouse.snapshots`); without, a snapshot is the state pickled whole."""
+
         def build(resume_state: bytes | None) -> PartitionLogic:
+            files = segments() if segments is not None else None
             if resume_state is None:
-                return cls(compiled, None)
-            return cls(compiled, compiled.restore(pickle.loads(resume_state)))
+                return cls(compiled, None, files)
+            state = files.loads(resume_state) if files else pickle.loads(resume_state)
+            return cls(compiled, compiled.restore(state), files)
 
         return build
 
@@ -284,7 +307,9 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
         return self._emit(self._state.flush()), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._files is None or self._state is None:
+            return pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)
+        return self._files.dumps(self._state, self._state.part)
 
     def _emit(self, out: RowBatch) -> list[RowBatch]:
         state = self._state

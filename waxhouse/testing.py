@@ -15,7 +15,10 @@ Times are epoch milliseconds, decimals `decimal.Decimal`, means floats.
 `replay_every=n` makes it harder: every `n` batches of a partition, the state is
 snapshotted (pickled, as a flow's recovery does) and the `n` batches after the snapshot are
 processed twice, the second time from the restored snapshot, as after a crash. The final
-rows must not change: that is what exactly-once means here.
+rows must not change: that is what exactly-once means here. With `segments=DIR` as well,
+the snapshots are taken as a flow with recovery takes them, their sealed segments written
+to files under `DIR` (`waxhouse.snapshots`), and each restore reads them back as a new
+process would.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from waxhouse.engine import CompiledTable, PartitionState
@@ -31,6 +35,7 @@ from waxhouse.fields import DEFAULT_MAX_FUTURE_MS
 from waxhouse.pipeline import CompiledPipeline, Pipeline
 from waxhouse.records import InputBatch, Record
 from waxhouse.rows import DeadLetterRow, RowBatch
+from waxhouse.snapshots import MIN_KEEP_SECONDS, SegmentFiles
 from waxhouse.tables import CountWindow
 
 __all__ = ["Record", "Result", "run"]
@@ -56,6 +61,7 @@ def run(
     lateness_ms: int = 0,
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
     replay_every: int | None = None,
+    segments: Path | None = None,
 ) -> Result:
     """The final rows and dead letters of `records` through `pipeline` (bounded mode).
 
@@ -70,7 +76,9 @@ def run(
     for partition, part_records in sorted(by_partition.items()):
         part = f"{topic}/{partition}"
         batches = list(_batches(part, part_records, batch_size))
-        emitted.extend(_run_partition(compiled, part, batches, max_future_ms, replay_every))
+        emitted.extend(
+            _run_partition(compiled, part, batches, max_future_ms, replay_every, segments)
+        )
     dead = {row.source: row for row in emitted.dead_letters}
     rows = {
         name: final_rows(table, emitted.tables.get(name, []))
@@ -106,9 +114,11 @@ def _run_partition(
     batches: list[InputBatch],
     max_future_ms: int,
     replay_every: int | None,
+    segments: Path | None,
 ) -> RowBatch:
     out = RowBatch()
     state = compiled.partition_state(part)
+    files = SegmentFiles(segments, MIN_KEEP_SECONDS) if segments is not None else None
 
     def step(state: PartitionState, batch: InputBatch) -> None:
         events, dead = compiled.schema.parse_batch(batch, max_future_ms)
@@ -120,12 +130,20 @@ def _run_partition(
             step(state, batch)
     else:
         for start in range(0, len(batches), replay_every):
-            snapshot = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            if files is None:
+                snapshot = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            else:
+                snapshot = files.dumps(state, part)
             chunk = batches[start : start + replay_every]
             for batch in chunk:
                 step(state, batch)
             # A crash: back to the snapshot, and the same batches again.
-            state = compiled.restore(pickle.loads(snapshot))
+            if files is None:
+                state = compiled.restore(pickle.loads(snapshot))
+            else:
+                assert segments is not None
+                files = SegmentFiles(segments, MIN_KEEP_SECONDS)  # a new process
+                state = compiled.restore(files.loads(snapshot))
             for batch in chunk:
                 step(state, batch)
     out.extend(state.flush())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -102,6 +103,46 @@ def test_kill_9_three_times_including_mid_flush_then_exact(
     print(f"kill test seed {seed}: rows stored after each kill {progress}, final {final}")
     assert progress[1] > 0, f"the mid-flush kill left nothing written (seed {seed})"
     assert min(progress) < final, f"every kill came after the work was done (seed {seed})"
+
+
+def segment_files(recovery: Path) -> set[Path]:
+    return {path for path in (recovery / "segments").rglob("*") if path.is_file()}
+
+
+@pytest.mark.slow
+def test_kill_9_with_many_open_sessions_resumes_from_segment_files(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """Thousands of open sessions per partition: snapshots keep their sealed segments in
+    files under the recovery directory, and a resume after kill -9 reads them back."""
+    seed = int(os.environ.get("KILL_TEST_SEED", time.time_ns() % 10_000))
+    rng = random.Random(seed)
+    config = GeneratorConfig(seed=seed, events=120_000, users=60_000, active_users=30_000)
+    records = ClickstreamGenerator(config).take(120_000)
+    topic, dlq = topic_factory(4, prefix="segkill"), topic_factory(1, prefix="segkill-dlq")
+    positions = produce_records(kafka_bootstrap, topic, records)
+    url, log = f"chdb://{tmp_path / 'store'}", tmp_path / "flow.log"
+    env = kafka_env(kafka_bootstrap, topic, dlq, url)
+    recovery = tmp_path / "recovery"
+    args = recovery_args(recovery)
+    for run in (1, 2):
+        flow = start_flow(env, log, args)
+        wait_started(flow, log, partitions=4, runs=run)
+        # Each run is killed at a random moment after its snapshots wrote new files, late
+        # enough for one of them to be committed.
+        before = segment_files(recovery)
+        deadline = time.monotonic() + 60
+        while not segment_files(recovery) - before and flow.poll() is None:
+            assert time.monotonic() < deadline, f"no snapshot wrote a segment file (seed {seed})"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(2.5, 4.0))
+        kill9(flow)
+    resumed = re.findall(r"starts at offset (\d+) \(resumed\)", log.read_text())
+    assert any(int(offset) > 0 for offset in resumed), f"no run resumed (seed {seed})"
+
+    done = run_flow({**env, "KAFKA_STOP_AT_END": "true"}, args)
+    assert "resuming from" in done.stderr
+    assert_tables_match(read_tables(url, done.stdout), oracle(records), records, positions)
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "waxhouse.tables": CORE,
     "waxhouse.windows": CORE,
     "waxhouse.engine": CORE,
+    "waxhouse.snapshots": CORE,
     "waxhouse.pipeline": CORE,
     "waxhouse.testing": CORE,
     "waxhouse.dataflow": ASSEMBLY,
