@@ -40,8 +40,9 @@ so a run without the peers never overwrites the peers comparison.
 adds `waxhouse@base` and `waxhouse_confluent@base`: our runners on that checkout's flow
 (older layouts with `dataflows.settings` and a top-level `connectors` run as they are),
 alternated with ours in the same rounds and scenarios, so a change is measured against
-what it changed. The report then goes to `bench/results/compare-vs-<commit>.md` (and
-`.png`).
+what it changed. Without the aggregating peers the report then goes to
+`bench/results/compare-vs-<commit>.md` (and `.png`); with them, to `compare.md`, which
+then shows before and after beside the peers.
 """
 
 from __future__ import annotations
@@ -518,10 +519,10 @@ def chart(by_scenario: dict[Scenario, dict[str, list[Run]]], title: str, path: P
 
 def report_stem(names: list[str], scenarios: list[Scenario], base_commit: str | None) -> str:
     """Where the report goes: see the module docstring."""
-    if base_commit is not None:
-        return f"compare-vs-{base_commit[:7]}"
     if "benchmark" in scenarios and any(peer in names for peer in PEERS):
         return "compare"
+    if base_commit is not None:
+        return f"compare-vs-{base_commit[:7]}"
     return "compare-realistic" if "realistic" in scenarios else "compare-ours"
 
 
