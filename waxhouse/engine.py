@@ -831,15 +831,19 @@ class Segment:
     """Pickled state that never changes once made.
 
     Pickled plainly, it is its bytes. A flow with recovery pickles snapshots with
-    `waxhouse.snapshots`, which writes each sealed segment (`SEGMENT_BYTES` or more) to a
-    file once and from then on puts only its `name` in the snapshot.
+    `waxhouse.snapshots`, which puts a sealed segment (`SEGMENT_BYTES` or more) into the
+    first snapshot it is in as bytes (`snapshotted`), and if it is still there at the
+    next one, writes it to a file once and from then on puts only its `name` in the
+    snapshot. So a window touched at every epoch, pickled anew each time, never becomes
+    a file, and a segment that stays does.
     """
 
-    __slots__ = ("data", "name")
+    __slots__ = ("data", "name", "snapshotted")
 
     def __init__(self, data: bytes, name: str | None = None) -> None:
         self.data = data
         self.name = name
+        self.snapshotted = False
 
     @classmethod
     def of(cls, value: object) -> Segment:
@@ -852,8 +856,15 @@ class Segment:
     def load(self) -> Any:
         return pickle.loads(self.data)
 
-    def __reduce__(self) -> tuple[type[Segment], tuple[bytes]]:
-        return Segment, (self.data,)
+    def __reduce__(self) -> tuple[Callable[[bytes], Segment], tuple[bytes]]:
+        return _restored_segment, (self.data,)
+
+
+def _restored_segment(data: bytes) -> Segment:
+    """A segment out of a snapshot: it has been in one."""
+    segment = Segment(data)
+    segment.snapshotted = True
+    return segment
 
 
 def _segment(blob: Segment | bytes) -> Segment:

@@ -94,22 +94,46 @@ def test_an_epoch_s_snapshot_writes_what_changed_and_names_the_rest(tmp_path: Pa
     files = SegmentFiles(tmp_path, keep_s=60)
     feed(compiled, state, records[:20_000], 0)
     first = files.dumps(state, PART)
-    written = files_in(tmp_path)
-    assert written, "20,000 open sessions make sealed segments"
-    assert sum(path.stat().st_size for path in written) > 10 * len(first)
+    # A sealed segment goes into the first snapshot as it is...
+    assert not files_in(tmp_path)
 
     feed(compiled, state, records[20_000:20_010], 20_000)
     second = files.dumps(state, PART)
-    new = files_in(tmp_path) - written
-    # Ten events changed a few keys: nothing sealed is written again, and the snapshot
-    # holds the names and the small changes only.
-    assert new == set()
-    assert len(second) < 2 * SEGMENT_BYTES + 10_000
+    written = files_in(tmp_path)
+    # ... and still there at the next, it is written as a file, once, and named.
+    assert written, "20,000 open sessions make sealed segments"
+    assert sum(path.stat().st_size for path in written) > 10 * len(second)
+    assert len(second) < 2 * SEGMENT_BYTES + 10_000 < len(first)
 
-    restored = compiled.restore(SegmentFiles(tmp_path, keep_s=60).loads(second))
-    rest = records[20_010:]
-    assert same(feed(compiled, restored, rest, 20_010), feed(compiled, state, rest, 20_010))
+    feed(compiled, state, records[20_010:20_020], 20_010)
+    third = files.dumps(state, PART)
+    # Ten events changed a few keys: nothing is written again, and the snapshot holds
+    # the names and the small changes only.
+    assert files_in(tmp_path) == written
+    assert len(third) < 2 * SEGMENT_BYTES + 10_000
+
+    restored = compiled.restore(SegmentFiles(tmp_path, keep_s=60).loads(third))
+    rest = records[20_020:]
+    assert same(feed(compiled, restored, rest, 20_020), feed(compiled, state, rest, 20_020))
     assert same(restored.flush(), state.flush())
+
+
+def test_a_window_changed_at_every_epoch_is_never_a_file(tmp_path: Path) -> None:
+    pages = Schema({"page": fields.text(64), "ts": fields.timestamp()}, event_time="ts")
+    hourly = Pipeline(
+        "hourly",
+        pages,
+        key="page",
+        tables=[Table("views", key="page", window=tumbling(3_600), aggregates={"n": agg.count()})],
+    ).compile(0)
+    records = [Record({"page": f"/p/{i}", "ts": T + i}, timestamp_ms=T + i) for i in range(8_000)]
+    state = hourly.partition_state(PART)
+    files = SegmentFiles(tmp_path, keep_s=60)
+    for at in range(0, 8_000, 2_000):
+        feed(hourly, state, records[at : at + 2_000], at)
+        snapshot = files.dumps(state, PART)
+    assert len(snapshot) > SEGMENT_BYTES  # the open hour's window, sealed-sized
+    assert not files_in(tmp_path)
 
 
 @pytest.mark.parametrize("seed", [2, 3])
@@ -133,6 +157,7 @@ def test_a_file_no_snapshot_names_is_deleted_only_after_keep(tmp_path: Path) -> 
     state = compiled.partition_state(PART)
     files = SegmentFiles(tmp_path, keep_s=100, clock=clock)
     feed(compiled, state, records[:3_000], 0)
+    files.dumps(state, PART)
     files.dumps(state, PART)
     old = files_in(tmp_path)
     assert old
@@ -166,12 +191,14 @@ def test_files_a_crashed_run_wrote_go_after_keep_and_the_resumed_ones_stay(
     compiled, records = site(), visits(5, 8_000, 4_000)
     state = compiled.partition_state(PART)
     feed(compiled, state, records[:4_000], 0)
-    committed = SegmentFiles(tmp_path, keep_s=50).dumps(state, PART)
+    first_run = SegmentFiles(tmp_path, keep_s=50)
+    first_run.dumps(state, PART)
+    committed = first_run.dumps(state, PART)
     kept = files_in(tmp_path)
-    # The run goes on, snapshots once more, and dies before that snapshot is committed.
+    # The run goes on, snapshots twice more, and dies before those are committed.
     feed(compiled, state, records[4_000:7_000], 4_000)
-    crashed = SegmentFiles(tmp_path, keep_s=50)
-    crashed.dumps(state, PART)
+    first_run.dumps(state, PART)
+    first_run.dumps(state, PART)
     strays = files_in(tmp_path) - kept
     assert strays
 
@@ -193,7 +220,9 @@ def test_a_missing_segment_file_is_one_clear_error(tmp_path: Path) -> None:
     compiled, records = site(), visits(6, 4_000, 4_000)
     state = compiled.partition_state(PART)
     feed(compiled, state, records, 0)
-    snapshot = SegmentFiles(tmp_path, keep_s=60).dumps(state, PART)
+    files = SegmentFiles(tmp_path, keep_s=60)
+    files.dumps(state, PART)
+    snapshot = files.dumps(state, PART)
     victim = sorted(files_in(tmp_path))[0]
     victim.unlink()
     with pytest.raises(MissingSegmentError, match=r"is missing: the recovery directory must"):
