@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic
 
@@ -41,6 +41,7 @@ from waxhouse.connectors.metrics import (
 from waxhouse.engine import PartitionState
 from waxhouse.errors import SettingsError
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, Schema
+from waxhouse.joins import ReferencePartition, ReferenceUpdate, TemporalJoin
 from waxhouse.logs import configure_logging
 from waxhouse.pipeline import CompiledPipeline, Pipeline, PipelineError
 from waxhouse.records import IdleTick, SourceItem
@@ -70,12 +71,17 @@ def load() -> Settings:
 
 
 def flow(
-    pipeline: Pipeline, *, embedded: EmbeddedSource | None = None, settings: Settings | None = None
+    pipeline: Pipeline,
+    *,
+    embedded: EmbeddedSource | None = None,
+    reference: EmbeddedSource | None = None,
+    settings: Settings | None = None,
 ) -> Dataflow:
     """The pipeline's dataflow, configured from the environment.
 
     `embedded`: the source to read without Kafka (`KAFKA_BOOTSTRAP_SERVERS` unset), given
-    the settings; without one, a pipeline needs Kafka.
+    the settings; without one, a pipeline needs Kafka. `reference`: likewise for the
+    reference of a pipeline with a join.
     """
     settings = settings or load()
     resumed, on_failure, segments = False, None, None
@@ -89,7 +95,7 @@ def flow(
         # Running it: a pipeline that cannot run says why in one line, before anything.
         raise SystemExit(f"waxhouse: {pipeline.name} cannot be built: {e}") from None
     if running:
-        if settings.embedded and embedded is None:
+        if settings.embedded and (embedded is None or (pipeline.join and reference is None)):
             raise SystemExit(_NO_SOURCE.format(name=pipeline.name))
         configure_logging(settings.log_level)
         logger.info("%s starting: %s", pipeline.name, settings.describe())
@@ -103,6 +109,7 @@ def flow(
         compiled,
         settings,
         embedded=embedded,
+        reference=reference,
         resumed=resumed,
         on_failure=on_failure,
         segments=segments,
@@ -114,6 +121,7 @@ def build_dataflow(
     settings: Settings,
     *,
     embedded: EmbeddedSource | None = None,
+    reference: EmbeddedSource | None = None,
     resumed: bool = False,
     on_failure: Callable[[str], None] | None = None,
     segments: Callable[[], SegmentFiles] | None = None,
@@ -135,9 +143,37 @@ def build_dataflow(
     # (source partition, batch of raw records | idle tick)
     source = _source(pipeline, settings, embedded, resumed, on_failure)
     batches = op.input("input", dataflow, source)
-    parsed = op.map_value("parse", batches, Parse(compiled.schema, settings.max_future_ms))
+    parsed: Stream[tuple[str, Any]] = op.map_value(
+        "parse", batches, Parse(compiled.schema, settings.max_future_ms)
+    )
+    reference_parts = None
+    reference_dead: Stream[tuple[str, RowBatch]] | None = None
+    join = pipeline.join
+    if join is not None:
+        # Every reference partition's versions, not late, to every event partition.
+        ref_source = _source(
+            pipeline, settings, reference, resumed, on_failure, topic=join.topic_name
+        )
+        ref_batches = op.input("reference", dataflow, ref_source)
+        # Versions are never `future`: a version may be valid from any time on.
+        ref_parsed = op.map_value(
+            "parse_reference", ref_batches, Parse(join.schema, _NO_LIMIT, events=False)
+        )
+        ref_out = op.stateful_batch(
+            "reference_partitions", ref_parsed, ReferenceLogic.builder(join, compiled.lateness_ms)
+        )
+        reference_parts = _Parts(ref_source)
+        updates = op.flat_map("broadcast", ref_out, _Broadcast(_Parts(source)))
+        reference_dead = op.map_value(
+            "reference_dead_letters", ref_out, lambda out: RowBatch(dead_letters=out.dead_letters)
+        )
+        parsed = op.merge("events_and_reference", parsed, updates)
     # (source partition, closed rows of every table + dead letters)
-    rows = op.stateful_batch("windows", parsed, PartitionLogic.builder(compiled, segments))
+    rows = op.stateful_batch(
+        "windows", parsed, PartitionLogic.builder(compiled, segments, reference_parts)
+    )
+    if reference_dead is not None:
+        rows = op.merge("rows", rows, reference_dead)
 
     to_clickhouse = op.map("route", rows, lambda kv: ("clickhouse", kv[1]))
     retry = RetryPolicy(max_attempts=1_000, max_elapsed_seconds=settings.clickhouse_retry_seconds)
@@ -184,7 +220,9 @@ def _source(
     embedded: EmbeddedSource | None,
     resumed: bool,
     on_failure: Callable[[str], None] | None,
+    topic: str | None = None,
 ) -> Source:
+    """The events' source, or with `topic` a join's reference (read from its beginning)."""
     if settings.embedded:
         if embedded is None:
             return _NoSource(_NO_SOURCE.format(name=pipeline.name))
@@ -197,8 +235,8 @@ def _source(
         source_class = ConfluentKafkaSource
     return source_class(
         settings.kafka_bootstrap_servers or "",
-        settings.kafka_topic,
-        starting_offset=settings.kafka_starting_offset,
+        topic or settings.kafka_topic,
+        starting_offset="earliest" if topic else settings.kafka_starting_offset,
         stop_at_end=settings.kafka_stop_at_end,
         client_options=settings.kafka_security.client_options(),
         resumed=resumed,
@@ -233,7 +271,89 @@ class ParsedBatch:
     dead_letters: list[DeadLetterRow]
 
 
-WindowInput = ParsedBatch | IdleTick
+@dataclass(frozen=True, slots=True)
+class ForPartition:
+    """A reference update on its way to one event partition (`part`)."""
+
+    part: str
+    update: ReferenceUpdate
+
+
+WindowInput = ParsedBatch | IdleTick | ForPartition
+_NO_LIMIT = 2**62
+
+
+class _Parts:
+    """A source's partitions, listed on first use (at run time, not when the dataflow is
+    built: `waxhouse schema` builds it with no source to ask)."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self._parts: list[str] | None = None
+
+    def __call__(self) -> list[str]:
+        if self._parts is None:
+            self._parts = list(self._source.list_parts())
+        return self._parts
+
+
+@dataclass(frozen=True)
+class _Broadcast:
+    event_parts: _Parts
+
+    def __call__(self, item: tuple[str, ReferenceOut]) -> list[tuple[str, ForPartition]]:
+        update = item[1].update
+        if update is None:
+            return []
+        return [(part, ForPartition(part, update)) for part in self.event_parts()]
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceOut:
+    update: ReferenceUpdate | None
+    dead_letters: list[DeadLetterRow]
+
+
+class ReferenceLogic(StatefulBatchLogic[WindowInput, ReferenceOut, bytes]):
+    """One reference partition: late versions refused, its watermark (`ReferencePartition`)."""
+
+    def __init__(self, join: TemporalJoin, lateness_ms: int, state: ReferencePartition | None):
+        self._join = join
+        self._lateness_ms = lateness_ms
+        self._state = state
+
+    @classmethod
+    def builder(
+        cls, join: TemporalJoin, lateness_ms: int
+    ) -> Callable[[bytes | None], ReferenceLogic]:
+        def build(resume_state: bytes | None) -> ReferenceLogic:
+            state = None
+            if resume_state is not None:
+                state = pickle.loads(resume_state)
+                state.bind(join)
+            return cls(join, lateness_ms, state)
+
+        return build
+
+    def on_batch(self, values: list[WindowInput]) -> tuple[list[ReferenceOut], bool]:
+        out = []
+        for value in values:
+            if isinstance(value, ForPartition):
+                continue  # not sent here
+            if self._state is None:
+                self._state = ReferencePartition(value.part, self._join, self._lateness_ms)
+            if isinstance(value, IdleTick):
+                out.append(ReferenceOut(self._state.idle(value.idle_ms), []))
+                continue
+            update, late = self._state.process(value.events)
+            dead = [*value.dead_letters, *late]
+            for row in late:
+                DEAD_LETTERS.labels(reason=row.reason).inc()
+            out.append(ReferenceOut(update, dead))
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @dataclass(frozen=True)
@@ -241,16 +361,20 @@ class Parse:
     """The parse step: raw batch -> events and dead letters; idle ticks pass through.
 
     `max_future_ms`: how far an event's time may be ahead of its record's timestamp.
+    `events`: whether what it parses are the pipeline's events (counted as parsed), not a
+    join's reference versions.
     """
 
     schema: Schema
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+    events: bool = True
 
     def __call__(self, item: SourceItem) -> WindowInput:
         if isinstance(item, IdleTick):
             return item
         events, dead = self.schema.parse_batch(item, self.max_future_ms)
-        EVENTS_PARSED.inc(len(events))
+        if self.events:
+            EVENTS_PARSED.inc(len(events))
         for row in dead:
             DEAD_LETTERS.labels(reason=row.reason).inc()
         return ParsedBatch(item.part, events, dead)
@@ -268,24 +392,30 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
         compiled: CompiledPipeline,
         state: PartitionState | None,
         files: SegmentFiles | None = None,
+        reference_parts: Callable[[], list[str]] | None = None,
     ) -> None:
         self._compiled = compiled
         self._state = state
         self._files = files
+        self._reference_parts = reference_parts
 
     @classmethod
     def builder(
-        cls, compiled: CompiledPipeline, segments: Callable[[], SegmentFiles] | None = None
+        cls,
+        compiled: CompiledPipeline,
+        segments: Callable[[], SegmentFiles] | None = None,
+        reference_parts: Callable[[], list[str]] | None = None,
     ) -> Callable[[bytes | None], PartitionLogic]:
         """`segments`: with recovery, where the snapshots' sealed segments are kept
-        (`waxhouse.snapshots`); without, a snapshot is the state pickled whole."""
+        (`waxhouse.snapshots`); without, a snapshot is the state pickled whole.
+        `reference_parts`: with a join, its reference's partitions."""
 
         def build(resume_state: bytes | None) -> PartitionLogic:
             files = segments() if segments is not None else None
             if resume_state is None:
-                return cls(compiled, None, files)
+                return cls(compiled, None, files, reference_parts)
             state = files.loads(resume_state) if files else pickle.loads(resume_state)
-            return cls(compiled, compiled.restore(state), files)
+            return cls(compiled, compiled.restore(state), files, reference_parts)
 
         return build
 
@@ -293,18 +423,28 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
         out = RowBatch()
         for value in values:
             if self._state is None:
-                self._state = self._compiled.partition_state(value.part)
+                parts = self._reference_parts() if self._reference_parts else []
+                self._state = self._compiled.partition_state(value.part, parts)
             if isinstance(value, IdleTick):
                 out.extend(self._state.idle(value.idle_ms))
+            elif isinstance(value, ForPartition):
+                out.extend(self._state.reference(value.update))
             else:
                 out.dead_letters.extend(value.dead_letters)
                 out.extend(self._state.process(value.events))
         return self._emit(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[RowBatch], bool]:
-        if self._state is None:
+        """End of a bounded run: the reference was read to its end, so every waiting
+        event is released; then every open window is written."""
+        state = self._state
+        if state is None:
             return [], StatefulBatchLogic.RETAIN
-        return self._emit(self._state.flush()), StatefulBatchLogic.RETAIN
+        out = RowBatch()
+        if state.join is not None:
+            out.extend(state.reference_ended())
+        out.extend(state.flush())
+        return self._emit(out), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         if self._files is None or self._state is None:

@@ -38,9 +38,10 @@ from typing import Any, Protocol
 from waxhouse import fields
 from waxhouse.aggregates import Aggregate, Where
 from waxhouse.errors import WaxhouseError
+from waxhouse.joins import JoinState, ReferenceUpdate
 from waxhouse.records import record_source
 from waxhouse.rows import DeadLetterRow, RowBatch
-from waxhouse.tables import CountWindow, Session, Sliding, Table, Tumbling
+from waxhouse.tables import CountWindow, Episodes, Session, Sliding, Table, Tumbling
 
 NO_WATERMARK = -(2**62)
 _NEVER = 2**62
@@ -461,6 +462,7 @@ class CompiledTable:
     kinds: dict[str, ValueKind] = field(default_factory=dict)  # of the fields it reads
     deletes: bool = False  # it can retract a row it wrote (sessions: the `deleted` column)
     shown: list[tuple[str, str]] = field(default_factory=list)  # the view's (expression, name)
+    trailing: tuple[str, ...] = ()  # the window's flag after the aggregates (complete, closed)
 
     @property
     def name(self) -> str:
@@ -479,6 +481,8 @@ class CompiledTable:
         state: TableState
         if isinstance(window, Session):
             state = SessionState(self.name, part)
+        elif isinstance(window, Episodes):
+            state = EpisodeState(self.name, part)
         elif isinstance(window, CountWindow):
             state = CountState(self.name, part)
         else:
@@ -504,14 +508,12 @@ class CompiledTable:
         return "(" + ", ".join(self.order_by) + ")"
 
     def create_view_sql(self) -> str:
-        window = self.table.window
         leading = list(self.leading)
         select = [
             *leading,
             *(expr if expr == name else f"{expr} AS {name}" for expr, name in self.shown),
         ]
-        if isinstance(window, CountWindow):
-            select.append(window.columns[1])
+        select.extend(self.trailing)
         body = ",\n    ".join(select)
         group = f"\nGROUP BY {', '.join(leading)}" if self.combined else ""
         summing = ", summing the source partitions" if self.combined else ""
@@ -541,13 +543,20 @@ def compile_table(
             raise PipelineError(f"{table.name}: key field {name!r} must be required")
     combined = kafka_key is None or kafka_key not in table.key_fields
     window = table.window
-    if combined and isinstance(window, (Session, CountWindow)):
-        kind = "session" if isinstance(window, Session) else "count"
+    if combined and isinstance(window, (Session, CountWindow, Episodes)):
+        kind, what = {
+            Session: ("session", "sessions"),
+            CountWindow: ("count", "offset order"),
+            Episodes: ("episodes", "runs of events"),
+        }[type(window)]
         raise PipelineError(
             f"{table.name}: a {kind} window needs the Kafka key ({kafka_key!r}) in the table's "
-            f"key: a key's {'sessions' if kind == 'session' else 'offset order'} cannot be "
-            "put together across source partitions"
+            f"key: a key's {what} cannot be put together across source partitions"
         )
+    if isinstance(window, Episodes):
+        for tie in window.tie:
+            if _kind(schema, tie).nullable:
+                raise PipelineError(f"{table.name}: tie field {tie!r} must be required")
     code = _TableCode(table, schema, combined, kafka_key)
     compiled = CompiledTable(table, lateness_ms, combined, schema.time_index)
     _generate(compiled, code, schema)
@@ -561,8 +570,12 @@ def compile_table(
         compiled.leading = (*window.columns, *keys)
     elif isinstance(window, Session):
         compiled.leading = (*keys, *window.columns)
+    elif isinstance(window, Episodes):
+        compiled.leading = (*keys, *window.columns[:2])
+        compiled.trailing = (window.columns[2],)
     else:
         compiled.leading = (*keys, window.columns[0])
+        compiled.trailing = (window.columns[1],)
     return compiled
 
 
@@ -762,6 +775,56 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
             f"    return ({tombstone},)",
         ]
         source.names["_NEVER"] = _NEVER
+    elif isinstance(window, Episodes):
+        start_col, end_col, closed_col = window.columns
+        stored = code.stored("s", 2)
+        stored.pop()  # the version: the events counted, and whether the run has ended
+        layout = [
+            *keys,
+            (start_col, _DATETIME, "s[0]"),
+            (end_col, _DATETIME, "s[1]"),
+            *stored,
+            (closed_col, "UInt8", "closed"),
+            ("version", "UInt64", "2 * s[2] + closed"),
+        ]
+        compiled.order_by = (*table.key_fields, start_col)
+        compiled.end_column = end_col
+        when = _condition(window.when, schema, source)
+        assert when is not None
+        order = ", ".join([f"e[{time}]", *(f"e[{schema.index(t)}]" for t in window.tie)])
+        lines += [
+            "def add_all(pending, events, marks, late):",
+            "    for i, e in enumerate(events):",
+            *_indent(skip, 2),
+            f"        ts = e[{time}]",
+            f"        if ts + {lateness} < marks[i]:",
+            "            late.append(i)",
+            "            continue",
+            # The offset last: it tells apart what the time and ties do not.
+            f"        _heappush(pending, ({order}, e[{_OFFSET}], e))",
+            "",
+            "def take(self, e, out):",
+            f"    k = {key}",
+            "    runs = self.keys",
+            "    s = runs.get(k)",
+            f"    if {when}:",
+            "        self.dirty.add(k)",
+            "        if s is None:",
+            f"            s = runs[k] = [e[{time}], e[{time}], {code.init()}]",
+            "        else:",
+            f"            s[1] = e[{time}]",
+            *_indent(["s[2] += 1", *code.update("s", 2)], 2),
+            f"        if s[2] == {window.at_least}:",
+            "            self.notices.append(row(k, s, 0))",
+            "    elif s is not None:",
+            "        self.dirty.add(k)",
+            "        del runs[k]",
+            f"        if s[2] >= {window.at_least}:",
+            "            out.append(row(k, s, 1))",
+        ]
+        row = ", ".join(expr for _, _, expr in layout)
+        lines += ["", "def row(k, s, closed):", f"    return ({row},)"]
+        source.names["_heappush"] = heapq.heappush
     else:
         batch_col, complete_col = window.columns
         size = window.size
@@ -1209,6 +1272,47 @@ class CountState(KeyedState):
         )
 
 
+class EpisodeState(KeyedState):
+    """Runs of events per key (`keys`: the open run, [start, end, events, *aggregate
+    slots]), fed in event-time order from `pending`, a heap of the events not final yet.
+
+    `notices`: the row of each run that has just reached its `at_least`-th event, as it is
+    then (with `closed` 0), for the flow to announce; taken by `PartitionState`.
+    """
+
+    def __init__(self, table: str, part: str) -> None:
+        super().__init__(table, part)
+        self.pending: list[tuple] = []
+        self.notices: list[tuple] = []
+
+    def encode(self) -> tuple[list[Segment], list[tuple]]:  # type: ignore[override]
+        return super().encode(), self.pending
+
+    def decode(self, data: tuple[list[Segment | bytes], list[tuple]]) -> None:  # type: ignore[override]
+        segments, self.pending = data
+        super().decode(segments)
+        self.notices = []
+
+    def add_all(
+        self, events: list[tuple], marks: list[int], late: list[int], out: list[tuple]
+    ) -> None:
+        self.code.functions["add_all"](self.pending, events, marks, late)
+
+    def close(self, watermark: int, out: list[tuple]) -> None:
+        """Take every event the watermark has made final, in order."""
+        pending, take = self.pending, self.code.functions["take"]
+        limit = watermark - self.code.lateness_ms
+        while pending and pending[0][0] < limit:
+            take(self, heapq.heappop(pending)[-1], out)
+
+    def flush(self, out: list[tuple]) -> None:
+        """Every run still going that is long enough, with `closed` 0; kept open."""
+        window = self.code.table.window
+        assert isinstance(window, Episodes)
+        row = self.code.functions["row"]
+        out.extend(row(k, s, 0) for k, s in self.keys.items() if s[2] >= window.at_least)
+
+
 # ---------------------------------------------------------------------------------------
 # One source partition: every table, one watermark
 
@@ -1216,12 +1320,22 @@ class CountState(KeyedState):
 class PartitionState:
     """Every table's state for one source partition, driven batch by batch."""
 
-    def __init__(self, part: str, tables: list[CompiledTable], time_index: int) -> None:
+    def __init__(
+        self,
+        part: str,
+        tables: list[CompiledTable],
+        time_index: int,
+        join: JoinState | None = None,
+    ) -> None:
         self.part = part
         self.time_index = time_index
         self.tables = [table.new_state(part) for table in tables]
         self.max_event_ts: int | None = None
         self.watermark = NO_WATERMARK
+        self.join = join  # events wait in it for their reference version
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"join": None, **state})  # snapshots from before joins
 
     def bind(self, tables: Mapping[str, CompiledTable]) -> None:
         """Attach the compiled tables again after a restore; a table the snapshot lacks
@@ -1237,7 +1351,23 @@ class PartitionState:
             self.tables.append(state)
 
     def process(self, events: list[tuple]) -> RowBatch:
-        """Count a batch of events in partition order, then emit what has closed."""
+        """Count a batch of events in partition order, then emit what has closed. With a
+        join, the events the join releases (enriched), in the same order."""
+        if self.join is not None:
+            events = self.join.add(events)
+        return self._count(events)
+
+    def reference(self, update: ReferenceUpdate) -> RowBatch:
+        """A reference partition's versions and watermark: the events it releases."""
+        assert self.join is not None
+        return self._count(self.join.update(update))
+
+    def reference_ended(self) -> RowBatch:
+        """The reference was read to its end (a bounded run): every waiting event."""
+        assert self.join is not None
+        return self._count(self.join.end())
+
+    def _count(self, events: list[tuple]) -> RowBatch:
         out = RowBatch()
         if not events:
             return self._close(out)
@@ -1261,7 +1391,11 @@ class PartitionState:
         return self._close(out)
 
     def idle(self, idle_ms: int) -> RowBatch:
-        """The partition is caught up and has been quiet for `idle_ms`: let time pass."""
+        """The partition is caught up and has been quiet for `idle_ms`: let time pass. Not
+        while events wait in the join: the tables have not seen them yet, and time passing
+        would make them late."""
+        if self.join is not None and len(self.join):
+            return self._close(RowBatch())
         if self.max_event_ts is not None:
             self.watermark = max(self.watermark, self.max_event_ts + idle_ms)
         return self._close(RowBatch())
@@ -1285,4 +1419,7 @@ class PartitionState:
     def _close(self, out: RowBatch) -> RowBatch:
         for state in self.tables:
             state.close(self.watermark, out.rows(state.table))
+            if isinstance(state, EpisodeState) and state.notices:
+                out.notices.setdefault(state.table, []).extend(state.notices)
+                state.notices = []
         return out

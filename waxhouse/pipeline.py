@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from waxhouse.engine import CompiledTable, PartitionState, PipelineError, compile_table
 from waxhouse.fields import Schema
+from waxhouse.joins import Enriched, JoinError, JoinState, TemporalJoin
 from waxhouse.tables import Duration, Table, to_ms
 
 __all__ = ["CompiledPipeline", "Pipeline", "PipelineError"]
@@ -34,6 +35,10 @@ class Pipeline:
 
     `lateness`: how far behind a partition's newest event time an event may be and still
     count everywhere; None takes `ALLOWED_LATENESS_SECONDS` when the flow is built.
+
+    `join`: a `TemporalJoin` whose fields every event gains, from the reference version
+    valid at its time, before the tables see it (`waxhouse.joins`); the tables can then
+    key by and aggregate those fields too.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class Pipeline:
         key: str | None,
         tables: Sequence[Table],
         lateness: Duration | None = None,
+        join: TemporalJoin | None = None,
     ) -> None:
         if not name.isidentifier():
             raise PipelineError(f"pipeline name {name!r}: letters, digits and _ only")
@@ -73,6 +79,14 @@ class Pipeline:
                 raise PipelineError(f"{name}: key {key!r} is not a field of the schema") from None
         self.name = name
         self.schema = schema
+        self.join = join
+        self.enriched: Enriched | None = None
+        if join is not None:
+            try:
+                schema.index(join.on)
+                self.enriched = Enriched(schema, join, owner=name)
+            except (KeyError, JoinError) as e:
+                raise PipelineError(f"{name}: {e.args[0]}") from None
         self.key = key
         self.tables = tuple(tables)
         self.lateness_ms = None if lateness is None else to_ms(lateness, "lateness", zero=True)
@@ -82,10 +96,9 @@ class Pipeline:
         lateness_ms = self.lateness_ms if self.lateness_ms is not None else default_lateness_ms
         if lateness_ms < 0:
             raise PipelineError(f"{self.name}: lateness must not be negative")
+        read = self.enriched if self.enriched is not None else self.schema
         tables = {
-            table.name: compile_table(
-                table, self.schema, lateness_ms=lateness_ms, kafka_key=self.key
-            )
+            table.name: compile_table(table, read, lateness_ms=lateness_ms, kafka_key=self.key)
             for table in self.tables
         }
         return CompiledPipeline(self, lateness_ms, tables)
@@ -106,12 +119,27 @@ class CompiledPipeline:
     def schema(self) -> Schema:
         return self.pipeline.schema
 
-    def partition_state(self, part: str) -> PartitionState:
-        return PartitionState(part, list(self.tables.values()), self.schema.time_index)
+    def partition_state(self, part: str, reference_parts: Sequence[str] = ()) -> PartitionState:
+        """A new source partition's state; with a join, `reference_parts` are every
+        partition of its reference."""
+        join = None
+        pipeline = self.pipeline
+        if pipeline.join is not None and pipeline.enriched is not None:
+            join = JoinState(
+                pipeline.join,
+                list(reference_parts),
+                self.schema.time_index,
+                self.schema.index(pipeline.join.on),
+                pipeline.enriched.event_type,
+            )
+        return PartitionState(part, list(self.tables.values()), self.schema.time_index, join)
 
     def restore(self, state: PartitionState) -> PartitionState:
         """A snapshot's state, its compiled tables attached again."""
         state.bind(self.tables)
+        enriched = self.pipeline.enriched
+        if state.join is not None and enriched is not None:
+            state.join.bind(enriched.event_type)
         return state
 
     def statements(self) -> list[tuple[str, str]]:

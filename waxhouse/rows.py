@@ -37,9 +37,12 @@ class RowBatch:
 
     tables: dict[str, list[tuple]] = field(default_factory=dict)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
+    # Per table, rows to announce as they happen (an episode reaching its length), in the
+    # table's column order; not stored by the sink.
+    notices: dict[str, list[tuple]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.dead_letters) or any(self.tables.values())
+        return bool(self.dead_letters) or any(self.tables.values()) or any(self.notices.values())
 
     def __len__(self) -> int:
         return len(self.dead_letters) + sum(len(rows) for rows in self.tables.values())
@@ -56,3 +59,6 @@ class RowBatch:
         for name, rows in other.tables.items():
             if rows:
                 self.rows(name).extend(rows)
+        for name, rows in other.notices.items():
+            if rows:
+                self.notices.setdefault(name, []).extend(rows)

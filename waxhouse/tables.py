@@ -12,6 +12,9 @@ key in one window. The windows, per source partition and by event time:
 - `session(gap)`: a key's maximal runs of events at most `gap` apart.
 - `count(n)`: a key's events in Kafka offset order, `n` at a time, numbered 0, 1, 2 ...
   from the first one the flow read; event time and lateness play no part.
+- `episodes(when, at_least=n)`: a key's maximal runs of consecutive events (in event-time
+  order, each taken once it is final) for which `when` holds, once a run has `n` events:
+  alerts, outages, streaks. A row is written when the run ends (`closed` = 1).
 
 Durations are `timedelta`s or seconds; `seconds()`, `minutes()`, `hours()` read well.
 """
@@ -78,7 +81,15 @@ class CountWindow:
     columns: tuple[str, str] = ("batch", "complete")
 
 
-Window = Tumbling | Sliding | Session | CountWindow
+@dataclass(frozen=True)
+class Episodes:
+    when: Where
+    at_least: int
+    tie: tuple[str, ...]
+    columns: tuple[str, str, str] = ("episode_start", "episode_end", "closed")
+
+
+Window = Tumbling | Sliding | Session | CountWindow | Episodes
 
 
 def tumbling(
@@ -112,6 +123,33 @@ def count(n: int, *, columns: tuple[str, str] = ("batch", "complete")) -> CountW
     if type(n) is not int or n < 1:
         raise ValueError(f"count window: n must be a positive integer, got {n!r}")
     return CountWindow(n, columns)
+
+
+def episodes(
+    when: Where,
+    *,
+    at_least: int = 1,
+    tie: str | Sequence[str] = (),
+    columns: tuple[str, str, str] = ("episode_start", "episode_end", "closed"),
+) -> Episodes:
+    """A key's maximal runs of consecutive events for which `when` holds (a mapping
+    `{field: value}` or a callable), that reach `at_least` events.
+
+    Events are taken in event-time order, `tie` fields breaking ties, each once it is final:
+    once the partition's watermark is more than the lateness past it, so no event still to
+    come can sort before it. An event for which `when` does not hold ends the key's run.
+    Events the table's `where` leaves out take no part (they neither extend nor end a run).
+    `columns` name the run's first and last event times and the flag written 1 when the
+    run has ended (a bounded run writes a run still going with 0; the run's later row
+    replaces it). Final events only: an event newer than the lateness at the end of a
+    bounded run waits for the next run.
+    """
+    if type(at_least) is not int or at_least < 1:
+        raise ValueError(f"episodes: at_least must be a positive integer, got {at_least!r}")
+    if when is None:
+        raise ValueError("episodes: `when` says which events a run is made of")
+    ties = (tie,) if isinstance(tie, str) else tuple(tie)
+    return Episodes(when, at_least, ties, columns)
 
 
 @dataclass(frozen=True)
@@ -152,4 +190,8 @@ class Table:
             names.extend(aggregate.fields())
         if isinstance(self.where, Mapping):
             names.extend(self.where)
+        if isinstance(self.window, Episodes):
+            names.extend(self.window.tie)
+            if isinstance(self.window.when, Mapping):
+                names.extend(self.window.when)
         return names

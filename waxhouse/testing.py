@@ -30,13 +30,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from waxhouse.engine import CompiledTable, PartitionState
+from waxhouse.engine import CompiledTable
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS
+from waxhouse.joins import ReferencePartition
 from waxhouse.pipeline import CompiledPipeline, Pipeline
 from waxhouse.records import InputBatch, Record
 from waxhouse.rows import DeadLetterRow, RowBatch
 from waxhouse.snapshots import MIN_KEEP_SECONDS, SegmentFiles
-from waxhouse.tables import CountWindow
 
 __all__ = ["Record", "Result", "run"]
 
@@ -62,29 +62,67 @@ def run(
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
     replay_every: int | None = None,
     segments: Path | None = None,
+    reference: Iterable[Record] = (),
+    reference_topic: str | None = None,
 ) -> Result:
     """The final rows and dead letters of `records` through `pipeline` (bounded mode).
 
     `lateness_ms` applies when the pipeline declares none. Partitions are read one after
-    the other: a partition's results depend only on its own records.
+    the other: a partition's results depend only on its own records. A pipeline with a
+    join reads the `reference` records (topic `reference_topic`, default the join's name)
+    too, its batches and each partition's interleaved by their records' timestamps (the
+    time they arrived), and at the end the reference as read to its end.
     """
     compiled = pipeline if isinstance(pipeline, CompiledPipeline) else pipeline.compile(lateness_ms)
+    join = compiled.pipeline.join
     by_partition: dict[int, list[Record]] = {}
     for record in records:
         by_partition.setdefault(record.partition, []).append(record)
+    reference_batches: list[list[InputBatch]] = []
+    if join is not None:
+        ref_topic = reference_topic or join.name
+        by_ref: dict[int, list[Record]] = {}
+        for record in reference:
+            by_ref.setdefault(record.partition, []).append(record)
+        for partition, ref_records in sorted(by_ref.items()):
+            reference_batches.append(
+                list(_batches(f"{ref_topic}/{partition}", ref_records, batch_size))
+            )
     emitted = RowBatch()
     for partition, part_records in sorted(by_partition.items()):
         part = f"{topic}/{partition}"
-        batches = list(_batches(part, part_records, batch_size))
-        emitted.extend(
-            _run_partition(compiled, part, batches, max_future_ms, replay_every, segments)
-        )
+        steps = _interleaved(list(_batches(part, part_records, batch_size)), reference_batches)
+        emitted.extend(_run_partition(compiled, part, steps, max_future_ms, replay_every, segments))
     dead = {row.source: row for row in emitted.dead_letters}
     rows = {
         name: final_rows(table, emitted.tables.get(name, []))
         for name, table in compiled.tables.items()
     }
     return Result(rows, sorted(dead.values(), key=_source_order), emitted.tables)
+
+
+def _interleaved(
+    events: list[InputBatch], references: list[list[InputBatch]]
+) -> list[tuple[bool, InputBatch]]:
+    """Event batches in their order, each reference partition's batches in theirs, a
+    reference batch before an event batch whose first record came after its own (by
+    record timestamp, as a consumer of both topics would see them)."""
+    queues = [list(reversed(batches)) for batches in references]
+    steps: list[tuple[bool, InputBatch]] = []
+
+    def due(limit: float) -> None:
+        while True:
+            heads = [q for q in queues if q and q[-1].timestamps_ms[0] <= limit]
+            if not heads:
+                return
+            queue = min(heads, key=lambda q: q[-1].timestamps_ms[0])
+            steps.append((True, queue.pop()))
+
+    for batch in events:
+        due(batch.timestamps_ms[0])
+        steps.append((False, batch))
+    due(float("inf"))
+    return steps
 
 
 def _source_order(row: DeadLetterRow) -> tuple[str, int]:
@@ -108,45 +146,77 @@ def _batches(part: str, records: list[Record], size: int) -> Iterable[InputBatch
         yield InputBatch(part, offsets, values, times)
 
 
+class _Partition:
+    """One source partition's state and, with a join, its reference partitions'."""
+
+    def __init__(self, compiled: CompiledPipeline, part: str, reference_parts: list[str]):
+        self.state = compiled.partition_state(part, reference_parts)
+        join = compiled.pipeline.join
+        self.references = {
+            ref: ReferencePartition(ref, join, compiled.lateness_ms)
+            for ref in reference_parts
+            if join is not None
+        }
+
+    def restored(self, compiled: CompiledPipeline) -> _Partition:
+        self.state = compiled.restore(self.state)
+        join = compiled.pipeline.join
+        for reference in self.references.values():
+            assert join is not None
+            reference.bind(join)
+        return self
+
+
 def _run_partition(
     compiled: CompiledPipeline,
     part: str,
-    batches: list[InputBatch],
+    steps: list[tuple[bool, InputBatch]],
     max_future_ms: int,
     replay_every: int | None,
     segments: Path | None,
 ) -> RowBatch:
     out = RowBatch()
-    state = compiled.partition_state(part)
+    join = compiled.pipeline.join
+    reference_parts = sorted({batch.part for is_ref, batch in steps if is_ref})
+    held = _Partition(compiled, part, reference_parts)
     files = SegmentFiles(segments, MIN_KEEP_SECONDS) if segments is not None else None
 
-    def step(state: PartitionState, batch: InputBatch) -> None:
+    def step(held: _Partition, is_reference: bool, batch: InputBatch) -> None:
+        if is_reference:
+            assert join is not None
+            versions, dead = join.schema.parse_batch(batch, max_future_ms)
+            update, late = held.references[batch.part].process(versions)
+            out.dead_letters.extend([*dead, *late])
+            out.extend(held.state.reference(update))
+            return
         events, dead = compiled.schema.parse_batch(batch, max_future_ms)
         out.dead_letters.extend(dead)
-        out.extend(state.process(events))
+        out.extend(held.state.process(events))
 
     if replay_every is None:
-        for batch in batches:
-            step(state, batch)
+        for is_reference, batch in steps:
+            step(held, is_reference, batch)
     else:
-        for start in range(0, len(batches), replay_every):
+        for start in range(0, len(steps), replay_every):
             if files is None:
-                snapshot = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+                snapshot = pickle.dumps(held, protocol=pickle.HIGHEST_PROTOCOL)
             else:
-                snapshot = files.dumps(state, part)
-            chunk = batches[start : start + replay_every]
-            for batch in chunk:
-                step(state, batch)
+                snapshot = files.dumps(held, part)
+            chunk = steps[start : start + replay_every]
+            for is_reference, batch in chunk:
+                step(held, is_reference, batch)
             # A crash: back to the snapshot, and the same batches again.
             if files is None:
-                state = compiled.restore(pickle.loads(snapshot))
+                held = pickle.loads(snapshot).restored(compiled)
             else:
                 assert segments is not None
                 files = SegmentFiles(segments, MIN_KEEP_SECONDS)  # a new process
-                state = compiled.restore(files.loads(snapshot))
-            for batch in chunk:
-                step(state, batch)
-    out.extend(state.flush())
+                held = files.loads(snapshot).restored(compiled)
+            for is_reference, batch in chunk:
+                step(held, is_reference, batch)
+    if held.state.join is not None:
+        out.extend(held.state.reference_ended())
+    out.extend(held.state.flush())
     return out
 
 
@@ -174,8 +244,8 @@ def final_rows(table: CompiledTable, physical: list[tuple]) -> list[dict[str, An
         shown = dict(zip(table.leading, lead, strict=True))
         for name, aggregate in table.table.aggregates.items():
             shown[name] = _combine(table, name, aggregate.operation, rows)
-        if isinstance(table.table.window, CountWindow):
-            shown[table.table.window.columns[1]] = rows[0][table.table.window.columns[1]]
+        for flag in table.trailing:
+            shown[flag] = rows[0][flag]
         out.append(shown)
     return out
 

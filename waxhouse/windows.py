@@ -6,15 +6,18 @@ windows.tumbling(60)                                     # seconds, or a timedel
 windows.sliding(windows.minutes(5), every=windows.minutes(1))
 windows.session(windows.minutes(30))
 windows.count(100)
+windows.episodes(lambda r: r.temperature > r.temp_max, at_least=3, tie="reading_id")
 """
 
 from waxhouse.tables import (
     CountWindow,
+    Episodes,
     Session,
     Sliding,
     Tumbling,
     Window,
     count,
+    episodes,
     hours,
     minutes,
     seconds,
@@ -25,11 +28,13 @@ from waxhouse.tables import (
 
 __all__ = [
     "CountWindow",
+    "Episodes",
     "Session",
     "Sliding",
     "Tumbling",
     "Window",
     "count",
+    "episodes",
     "hours",
     "minutes",
     "seconds",

@@ -63,9 +63,17 @@ def start_flow(
     faults: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start the flow in the background, its output appended to `log_path`."""
+    return start_python(flow_command(args, faults=faults)[1:], overrides, log_path)
+
+
+def start_python(
+    args: Sequence[str], overrides: Mapping[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start `python ARGS` in the repository in the background, in the flow's environment,
+    its output appended to `log_path`."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            flow_command(args, faults=faults),
+            [sys.executable, *args],
             cwd=REPO,
             env=flow_env(overrides),
             stdout=log,

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "waxhouse.windows": CORE,
     "waxhouse.engine": CORE,
     "waxhouse.snapshots": CORE,
+    "waxhouse.joins": CORE,
     "waxhouse.pipeline": CORE,
     "waxhouse.testing": CORE,
     "waxhouse.dataflow": ASSEMBLY,
