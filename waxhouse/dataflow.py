@@ -41,7 +41,12 @@ from waxhouse.connectors.metrics import (
 from waxhouse.engine import PartitionState
 from waxhouse.errors import SettingsError
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, Schema
-from waxhouse.joins import ReferencePartition, ReferenceUpdate, TemporalJoin
+from waxhouse.joins import (
+    ReferencePartition,
+    ReferenceUpdate,
+    TemporalJoin,
+    without_tombstones,
+)
 from waxhouse.logs import configure_logging
 from waxhouse.pipeline import CompiledPipeline, Pipeline, PipelineError
 from waxhouse.records import IdleTick, SourceItem
@@ -372,6 +377,8 @@ class Parse:
     def __call__(self, item: SourceItem) -> WindowInput:
         if isinstance(item, IdleTick):
             return item
+        if not self.events:
+            item = without_tombstones(item)
         events, dead = self.schema.parse_batch(item, self.max_future_ms)
         if self.events:
             EVENTS_PARSED.inc(len(events))

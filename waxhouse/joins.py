@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from waxhouse.errors import WaxhouseError
 from waxhouse.fields import RECORD_FIELDS, Field, Schema
-from waxhouse.records import record_source
+from waxhouse.records import InputBatch, record_source
 from waxhouse.rows import DeadLetterRow
 
 __all__ = ["Enriched", "JoinState", "ReferencePartition", "ReferenceUpdate", "TemporalJoin"]
@@ -155,6 +155,20 @@ class Enriched:
         if self.join.take[name] is None and not field.optional:
             return dataclasses.replace(field, optional=True)
         return field
+
+
+def without_tombstones(batch: InputBatch) -> InputBatch:
+    """A reference batch without its null values: on a compacted topic a null value
+    (a tombstone) deletes a key's older records; it is no version and no dead letter."""
+    if None not in batch.values:
+        return batch
+    kept = [i for i, value in enumerate(batch.values) if value is not None]
+    return InputBatch(
+        batch.part,
+        [batch.offsets[i] for i in kept],
+        [batch.values[i] for i in kept],
+        [batch.timestamps_ms[i] for i in kept],
+    )
 
 
 class ReferenceUpdate(NamedTuple):

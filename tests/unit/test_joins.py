@@ -222,3 +222,17 @@ def test_any_interleaving_of_the_two_topics_gives_the_same_enrichment() -> None:
     assert [r[0] for r in results[0]] == [f"r{i}" for i in range(1_500)]
     assert all(result == results[0] for result in results)
     assert len({site for _, site, _ in results[0]}) > 3
+
+
+def test_a_tombstone_in_the_reference_is_no_version_and_no_dead_letter() -> None:
+    from waxhouse.joins import without_tombstones
+
+    batch = InputBatch(
+        "devices/0",
+        [7, 8],
+        [None, Record(version("d1", "x", 0)).encoded()],
+        [T, T],
+    )
+    versions, dead = DEVICES.parse_batch(without_tombstones(batch), 10**12)
+    assert dead == []
+    assert [(v.device_id, v.offset) for v in versions] == [("d1", 8)]
