@@ -57,6 +57,19 @@ WATERMARK = Gauge(
     ["partition"],
 )
 
+JOIN_WAITING = Gauge(
+    "waxhouse_join_waiting_events",
+    "Events of a source partition waiting in the join for the reference watermark.",
+    ["partition"],
+)
+
+REFERENCE_WATERMARK = Gauge(
+    "waxhouse_reference_watermark_seconds",
+    "The join's reference watermark as a source partition sees it (epoch seconds; "
+    "0 until every reference partition has said something).",
+    ["partition"],
+)
+
 
 class WatermarkLag:
     """`waxhouse_watermark_lag_seconds{partition}`: wall-clock now minus a partition's

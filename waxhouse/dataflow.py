@@ -32,7 +32,9 @@ from waxhouse.connectors.kafka import DLQ_PART, KafkaDeadLetterSink, KafkaSource
 from waxhouse.connectors.metrics import (
     DEAD_LETTERS,
     EVENTS_PARSED,
+    JOIN_WAITING,
     LATE_EVENTS,
+    REFERENCE_WATERMARK,
     WATERMARK,
     WATERMARK_LAG,
     WINDOW_FRESHNESS,
@@ -40,7 +42,7 @@ from waxhouse.connectors.metrics import (
 )
 from waxhouse.engine import PartitionState
 from waxhouse.errors import SettingsError
-from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, Schema
+from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, MAX_TS_MS, Schema
 from waxhouse.joins import (
     ReferencePartition,
     ReferenceUpdate,
@@ -462,6 +464,10 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
         state = self._state
         if state is not None:
             WATERMARK.labels(partition=state.part).set(max(state.watermark, 0) / 1000)
+            if state.join is not None:
+                JOIN_WAITING.labels(partition=state.part).set(len(state.join))
+                reference = min(max(state.join.watermark, 0), MAX_TS_MS)
+                REFERENCE_WATERMARK.labels(partition=state.part).set(reference / 1000)
             if state.watermark >= 0:  # the partition has seen an event
                 WATERMARK_LAG.publish(state.part, state.watermark / 1000)
         if out.dead_letters:

@@ -99,3 +99,34 @@ def test_an_idle_partition_lets_no_time_pass_while_its_events_wait_in_the_join()
     rows = state.flush().tables["device_stats"]
     # The waiting reading is in its 5 sliding windows (300 s every 60 s), on time.
     assert len([row for row in rows if row[start] <= T + 95_000 < row[end]]) == 5
+
+
+def test_the_flow_step_reports_waiting_events_and_the_reference_watermark() -> None:
+    from waxhouse.connectors.metrics import JOIN_WAITING, REFERENCE_WATERMARK
+    from waxhouse.dataflow import ForPartition, ParsedBatch, PartitionLogic
+
+    compiled = sensors().compile()
+    join = compiled.pipeline.join
+    assert join is not None
+    logic = PartitionLogic.builder(compiled, reference_parts=lambda: ["devices/0"])(None)
+    readings, _ = streams(5)
+    mine = [r for r in readings if r.partition == 0][:20]
+    batch = InputBatch("readings/0", list(range(20)), [r.encoded() for r in mine], [T] * 20)
+    events, dead = compiled.schema.parse_batch(batch, 10**12)
+    logic.on_batch([ParsedBatch("readings/0", events, dead)])
+    assert JOIN_WAITING.labels(partition="readings/0")._value.get() == len(events)
+    assert REFERENCE_WATERMARK.labels(partition="readings/0")._value.get() == 0
+    reference = ReferencePartition("devices/0", join, compiled.lateness_ms)
+    version = Record(
+        {"device_id": "d1", "site": "s", "temp_max": None, "valid_from": T + 10**7},
+        timestamp_ms=T,
+    )
+    update, _ = reference.process(
+        compiled.pipeline.join.schema.parse_batch(
+            InputBatch("devices/0", [0], [version.encoded()], [T]), 10**12
+        )[0]
+    )
+    logic.on_batch([ForPartition("readings/0", update)])
+    assert JOIN_WAITING.labels(partition="readings/0")._value.get() == 0
+    watermark = REFERENCE_WATERMARK.labels(partition="readings/0")._value.get()
+    assert watermark == (T + 10**7 - compiled.lateness_ms) / 1000
