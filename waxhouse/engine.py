@@ -21,9 +21,9 @@ The rules, per source partition (the contract's, for every window kind but `coun
 
 State is plain data (dicts, lists, sets, ints, strings), pickled by the snapshot; the
 compiled functions are not part of it and are attached again on restore (`bind`). What a
-snapshot keeps of a large state is mostly `Segment`s: pickled parts that never change once
-made, which a flow with recovery writes to files once and then snapshots by name
-(`waxhouse.snapshots`).
+snapshot keeps of a large key log (sessions, count windows, episodes) is mostly sealed
+`Segment`s, which never change once made: a flow with recovery writes each to a file once
+and then snapshots it by name (`waxhouse.snapshots`).
 """
 
 from __future__ import annotations
@@ -891,22 +891,21 @@ Changes smaller than this are merged into the log's last segment instead."""
 
 
 class Segment:
-    """Pickled state that never changes once made.
+    """Part of a key log (`KeyedState`): pickled keys that never change once the segment
+    is sealed (`SEGMENT_BYTES` or more; a new one is started then).
 
     Pickled plainly, it is its bytes. A flow with recovery pickles snapshots with
-    `waxhouse.snapshots`, which puts a sealed segment (`SEGMENT_BYTES` or more) into the
-    first snapshot it is in as bytes (`snapshotted`), and if it is still there at the
-    next one, writes it to a file once and from then on puts only its `name` in the
-    snapshot. So a window touched at every epoch, pickled anew each time, never becomes
-    a file, and a segment that stays does.
+    `waxhouse.snapshots`, which writes each sealed segment to a file once and from then on
+    puts only its `name` in the snapshot. Windows (`WindowState`) are kept as plain bytes:
+    an open window changes in every epoch whose events reach it, and would be a new file
+    each time.
     """
 
-    __slots__ = ("data", "name", "snapshotted")
+    __slots__ = ("data", "name")
 
     def __init__(self, data: bytes, name: str | None = None) -> None:
         self.data = data
         self.name = name
-        self.snapshotted = False
 
     @classmethod
     def of(cls, value: object) -> Segment:
@@ -919,15 +918,8 @@ class Segment:
     def load(self) -> Any:
         return pickle.loads(self.data)
 
-    def __reduce__(self) -> tuple[Callable[[bytes], Segment], tuple[bytes]]:
-        return _restored_segment, (self.data,)
-
-
-def _restored_segment(data: bytes) -> Segment:
-    """A segment out of a snapshot: it has been in one."""
-    segment = Segment(data)
-    segment.snapshotted = True
-    return segment
+    def __reduce__(self) -> tuple[type[Segment], tuple[bytes]]:
+        return Segment, (self.data,)
 
 
 def _segment(blob: Segment | bytes) -> Segment:
@@ -994,21 +986,21 @@ class WindowState(TableState):
         super().__init__(table, part)
         self.windows: dict[int, dict[Any, list]] = {}
         self.touched: set[int] = set()
-        self._pickled: dict[int, Segment] = {}
+        self._pickled: dict[int, bytes] = {}
 
-    def encode(self) -> dict[int, Segment]:
+    def encode(self) -> dict[int, bytes]:
         pickled, windows = self._pickled, self.windows
         for start in self.touched:
             if start in windows:
-                pickled[start] = Segment.of(windows[start])
+                pickled[start] = pickle.dumps(windows[start], protocol=pickle.HIGHEST_PROTOCOL)
         self.touched.clear()
         for start in [start for start in pickled if start not in windows]:
             del pickled[start]  # closed since
         return dict(pickled)
 
-    def decode(self, data: dict[int, Segment | bytes]) -> None:
-        self._pickled = {start: _segment(blob) for start, blob in data.items()}
-        self.windows = {start: blob.load() for start, blob in self._pickled.items()}
+    def decode(self, data: dict[int, bytes]) -> None:
+        self._pickled = dict(data)
+        self.windows = {start: pickle.loads(blob) for start, blob in data.items()}
         self.touched = set()
 
     def add_all(

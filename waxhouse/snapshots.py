@@ -1,12 +1,11 @@
 """Snapshots that write what changed: sealed segments as files in the recovery directory.
 
 Bytewax stores a stateful step's snapshot whole, every epoch, in its SQLite partitions. A
-source partition's state is mostly sealed `Segment`s (see `waxhouse.engine`), which never
-change once made; `SegmentFiles.dumps` puts each into the first snapshot it is in as it
-is, and when a later snapshot still has it, writes it once to
-`<recovery dir>/segments/<partition>/<name>` and from then on puts only its name in the
-snapshot. So an epoch's snapshot costs the keys and windows that changed in it, not the
-whole state, and a window that changes at every epoch is never written as a file.
+large source partition state is mostly the sealed `Segment`s of its key logs (see
+`waxhouse.engine`), which never change once made; `SegmentFiles.dumps` writes each of
+them once, to `<recovery dir>/segments/<partition>/<name>`, and puts only its name in the
+snapshot. So an epoch's snapshot costs the keys that changed in it and the open windows,
+not the whole state.
 `SegmentFiles.loads` reads them back on resume.
 
 A file is written completely (to a temporary name, flushed to disk, renamed) before the
@@ -77,9 +76,6 @@ class _Pickler(pickle.Pickler):
         if type(obj) is not Segment or not obj.sealed:
             return None
         if obj.name is None:
-            if not obj.snapshotted:  # the first time: in the snapshot, as bytes
-                obj.snapshotted = True
-                return None
             obj.name = self._files.write(self._folder, obj.data)
         self.named.add(obj.name)
         return obj.name
