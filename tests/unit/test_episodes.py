@@ -9,21 +9,11 @@ from typing import Any
 
 import pytest
 
-from waxhouse import Pipeline, PipelineError, Schema, Table, agg, fields
+from tests.support.joined import READINGS
+from waxhouse import Pipeline, PipelineError, Table, agg
 from waxhouse.tables import episodes
 from waxhouse.testing import Record, run
 
-READINGS = Schema(
-    {
-        "reading_id": fields.text(16),
-        "device_id": fields.text(16),
-        "ts": fields.timestamp(),
-        "temperature": fields.decimal(2, min=-100, max=200, optional=True),
-    },
-    event_time="ts",
-    name="Reading",
-)
-Reading = READINGS.event_type
 T = 1_800_000_000_000
 LATENESS = 10_000
 LIMIT = 3_000  # hundredths: 30.00 °C

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from waxhouse import Schema, fields
+from tests.support.joined import DEVICES, READINGS
+from waxhouse import Schema
 from waxhouse.joins import (
     EMPTY,
     JoinError,
@@ -19,28 +20,6 @@ from waxhouse.joins import (
 from waxhouse.records import InputBatch
 from waxhouse.testing import Record
 
-READINGS = Schema(
-    {
-        "reading_id": fields.text(128),
-        "device_id": fields.text(128),
-        "ts": fields.timestamp(),
-        "temperature": fields.decimal(2, min=-100, max=200, optional=True),
-    },
-    event_time="ts",
-    name="Reading",
-)
-DEVICES = Schema(
-    {
-        "device_id": fields.text(128),
-        "site": fields.text(128),
-        "temp_max": fields.decimal(2, min=-100, max=200, optional=True),
-        "valid_from": fields.timestamp(),
-    },
-    event_time="valid_from",
-    name="Device",
-)
-Reading = READINGS.event_type
-Device = DEVICES.event_type
 REGISTRY = TemporalJoin("devices", DEVICES, on="device_id", take={"site": "", "temp_max": None})
 T = 1_800_000_000_000
 LATENESS = 10_000
