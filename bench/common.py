@@ -10,6 +10,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Protocol
 
 import orjson
@@ -59,6 +60,18 @@ def produce(servers: str, topic: str, records: Iterable[KafkaRecord]) -> int:
     producer.flush()
     producer.close()
     return sent
+
+
+def bounded_env(servers: str, topic: str, store: Path) -> dict[str, str]:
+    """The flow's settings to drain `topic` in bounded mode into a chDB store at `store`
+    (dead letters to `<topic>.dlq`)."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": servers,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_STOP_AT_END": "true",
+        "CLICKHOUSE_URL": f"chdb://{store}",
+    }
 
 
 def flow_version() -> str:

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import EventMaker, bootstrap, confluent_producer, send, summary_rate
+from bench.common import EventMaker, bootstrap, bounded_env, confluent_producer, send, summary_rate
 from tests.support.flow import REPO, flow_command, flow_env, recovery_args
 from tests.support.kafka_broker import create_topic
 
@@ -119,13 +119,7 @@ def sample_rss(pid: int, samples: list[tuple[float, int]], started: float) -> No
 def drain(
     name: str, shape: Shape, servers: str, topic: str, scratch: Path, recovery: bool
 ) -> FlowRun:
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": servers,
-        "KAFKA_TOPIC": topic,
-        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
-        "KAFKA_STOP_AT_END": "true",
-        "CLICKHOUSE_URL": f"chdb://{scratch / name}",
-    }
+    env = bounded_env(servers, topic, scratch / name)
     log = scratch / f"{name}.log"
     args = recovery_args(scratch / f"{name}-recovery", snapshot_s=5) if recovery else []
     samples: list[tuple[float, int]] = []

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import bootstrap, summary_rate
+from bench.common import bootstrap, bounded_env, summary_rate
 from bench.memory import PARTITIONS, Shape, produce
 from tests.support.flow import FLOW, REPO, flow_env, recovery_args
 from tests.support.kafka_broker import create_topic
@@ -51,13 +51,7 @@ def drain(
     name = f"{tree.name}-{way.replace(' ', '')}-{uuid.uuid4().hex[:6]}"
     recovery = scratch / f"{name}-recovery"
     args = [] if snapshot_s is None else recovery_args(recovery, snapshot_s)
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": servers,
-        "KAFKA_TOPIC": topic,
-        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
-        "KAFKA_STOP_AT_END": "true",
-        "CLICKHOUSE_URL": f"chdb://{scratch / name}",
-    }
+    env = bounded_env(servers, topic, scratch / name)
     if snapshot_s is not None:
         recovery.mkdir()
     started = time.monotonic()
