@@ -43,12 +43,7 @@ from waxhouse.connectors.metrics import (
 from waxhouse.engine import PartitionState
 from waxhouse.errors import SettingsError
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, MAX_TS_MS, Schema
-from waxhouse.joins import (
-    ReferencePartition,
-    ReferenceUpdate,
-    TemporalJoin,
-    without_tombstones,
-)
+from waxhouse.joins import ReferencePartition, ReferenceUpdate, TemporalJoin
 from waxhouse.logs import configure_logging
 from waxhouse.pipeline import CompiledPipeline, Pipeline, PipelineError
 from waxhouse.records import IdleTick, SourceItem
@@ -162,9 +157,8 @@ def build_dataflow(
             pipeline, settings, reference, resumed, on_failure, topic=join.topic_name
         )
         ref_batches = op.input("reference", dataflow, ref_source)
-        # Versions are never `future`: a version may be valid from any time on.
         ref_parsed = op.map_value(
-            "parse_reference", ref_batches, Parse(join.schema, _NO_LIMIT, events=False)
+            "parse_reference", ref_batches, Parse(join.schema, reference=join)
         )
         ref_out = op.stateful_batch(
             "reference_partitions", ref_parsed, ReferenceLogic.builder(join, compiled.lateness_ms)
@@ -287,7 +281,6 @@ class ForPartition:
 
 
 WindowInput = ParsedBatch | IdleTick | ForPartition
-_NO_LIMIT = 2**62
 
 
 class _Parts:
@@ -368,21 +361,21 @@ class Parse:
     """The parse step: raw batch -> events and dead letters; idle ticks pass through.
 
     `max_future_ms`: how far an event's time may be ahead of its record's timestamp.
-    `events`: whether what it parses are the pipeline's events (counted as parsed), not a
-    join's reference versions.
+    `reference`: parse a join's reference versions instead (`TemporalJoin.parse`; not
+    counted as parsed events).
     """
 
     schema: Schema
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
-    events: bool = True
+    reference: TemporalJoin | None = None
 
     def __call__(self, item: SourceItem) -> WindowInput:
         if isinstance(item, IdleTick):
             return item
-        if not self.events:
-            item = without_tombstones(item)
-        events, dead = self.schema.parse_batch(item, self.max_future_ms)
-        if self.events:
+        if self.reference is not None:
+            events, dead = self.reference.parse(item)
+        else:
+            events, dead = self.schema.parse_batch(item, self.max_future_ms)
             EVENTS_PARSED.inc(len(events))
         for row in dead:
             DEAD_LETTERS.labels(reason=row.reason).inc()

@@ -938,6 +938,8 @@ class TableState:
         self.table = table
         self.part = part
         self._code: CompiledTable | None = None
+        # Rows to announce now (an episode reaching its length), taken by PartitionState.
+        self.notices: list[tuple] = []
 
     def bind(self, compiled: CompiledTable) -> None:
         self._code = compiled
@@ -947,6 +949,7 @@ class TableState:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.table, self.part, self._code = state["table"], state["part"], None
+        self.notices = []
         self.decode(state["data"])
 
     def encode(self) -> Any:
@@ -1268,14 +1271,13 @@ class EpisodeState(KeyedState):
     """Runs of events per key (`keys`: the open run, [start, end, events, *aggregate
     slots]), fed in event-time order from `pending`, a heap of the events not final yet.
 
-    `notices`: the row of each run that has just reached its `at_least`-th event, as it is
-    then (with `closed` 0), for the flow to announce; taken by `PartitionState`.
+    Its `notices`: the row of each run that has just reached its `at_least`-th event, as
+    it is then (with `closed` 0).
     """
 
     def __init__(self, table: str, part: str) -> None:
         super().__init__(table, part)
         self.pending: list[tuple] = []
-        self.notices: list[tuple] = []
 
     def encode(self) -> tuple[list[Segment], list[tuple]]:  # type: ignore[override]
         return super().encode(), self.pending
@@ -1283,7 +1285,6 @@ class EpisodeState(KeyedState):
     def decode(self, data: tuple[list[Segment | bytes], list[tuple]]) -> None:  # type: ignore[override]
         segments, self.pending = data
         super().decode(segments)
-        self.notices = []
 
     def add_all(
         self, events: list[tuple], marks: list[int], late: list[int], out: list[tuple]
@@ -1411,7 +1412,7 @@ class PartitionState:
     def _close(self, out: RowBatch) -> RowBatch:
         for state in self.tables:
             state.close(self.watermark, out.rows(state.table))
-            if isinstance(state, EpisodeState) and state.notices:
+            if state.notices:
                 out.notices.setdefault(state.table, []).extend(state.notices)
                 state.notices = []
         return out

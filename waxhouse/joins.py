@@ -39,6 +39,8 @@ import dataclasses
 from collections import deque, namedtuple
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from waxhouse.errors import WaxhouseError
@@ -55,6 +57,8 @@ EMPTY = UNBOUNDED - 1
 it holds no event back until its first version comes."""
 # Event tuples end with the record's offset, payload and timestamp.
 _OFFSET, _PAYLOAD, _RECEIVED_AT = -3, -2, -1
+# A key's versions: (valid_from, offset, values), sorted by the first two.
+_VALID_FROM, _VALID_FROM_AND_OFFSET = itemgetter(0), itemgetter(0, 1)
 
 
 class JoinError(WaxhouseError, ValueError):
@@ -101,16 +105,21 @@ class TemporalJoin:
     def defaults(self) -> tuple[Any, ...]:
         return tuple(self.take.values())
 
+    @cached_property
+    def _indexes(self) -> tuple[int, int, tuple[int, ...]]:
+        schema = self.schema
+        taken = tuple(schema.index(name) for name in self.take)
+        return schema.index(self.key_field), schema.time_index, taken
+
     def version(self, record: tuple) -> tuple[Any, int, int, tuple]:
         """A parsed reference record as (key, valid_from, offset, taken values)."""
-        schema = self.schema
-        values = tuple(record[schema.index(name)] for name in self.take)
-        return (
-            record[schema.index(self.key_field)],
-            record[schema.time_index],
-            record[_OFFSET],
-            values,
-        )
+        key, time, taken = self._indexes
+        return (record[key], record[time], record[_OFFSET], tuple(record[i] for i in taken))
+
+    def parse(self, batch: InputBatch) -> tuple[list[tuple], list[DeadLetterRow]]:
+        """A batch of reference records: its versions and its dead letters. Tombstones
+        are skipped, and a version is never `future` (it may be valid from any time on)."""
+        return self.schema.parse_batch(without_tombstones(batch), UNBOUNDED)
 
 
 class Enriched:
@@ -292,7 +301,7 @@ class JoinState:
             elif entry[:2] > history[-1][:2]:
                 history.append(entry)
             else:
-                bisect.insort(history, entry, key=lambda e: (e[0], e[1]))
+                bisect.insort(history, entry, key=_VALID_FROM_AND_OFFSET)
         held = self.marks.get(update.part, NO_WATERMARK)
         if held == EMPTY or update.watermark == EMPTY:
             self.marks[update.part] = update.watermark  # its first version, or still none
@@ -335,7 +344,7 @@ class JoinState:
         history = self.versions.get(event[self.key_index])
         if history is not None:
             ts = event[self.time_index]
-            i = bisect.bisect_right(history, ts, key=lambda e: e[0])
+            i = bisect.bisect_right(history, ts, key=_VALID_FROM)
             if i:
                 values = history[i - 1][2]
         return tuple.__new__(self.event_type, (*event[:_OFFSET], *values, *event[_OFFSET:]))

@@ -32,15 +32,13 @@ from typing import Any
 
 from waxhouse.engine import CompiledTable
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS
-from waxhouse.joins import ReferencePartition, without_tombstones
+from waxhouse.joins import ReferencePartition
 from waxhouse.pipeline import CompiledPipeline, Pipeline
 from waxhouse.records import InputBatch, Record
 from waxhouse.rows import DeadLetterRow, RowBatch
 from waxhouse.snapshots import MIN_KEEP_SECONDS, SegmentFiles
 
 __all__ = ["Record", "Result", "run"]
-
-_NO_LIMIT = 2**62  # reference versions are never `future`
 
 
 @dataclass
@@ -186,7 +184,7 @@ def _run_partition(
     def step(held: _Partition, is_reference: bool, batch: InputBatch) -> None:
         if is_reference:
             assert join is not None
-            versions, dead = join.schema.parse_batch(without_tombstones(batch), _NO_LIMIT)
+            versions, dead = join.parse(batch)
             update, late = held.references[batch.part].process(versions)
             out.dead_letters.extend([*dead, *late])
             out.extend(held.state.reference(update))
