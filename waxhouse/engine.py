@@ -29,6 +29,7 @@ and then snapshots it by name (`waxhouse.snapshots`).
 from __future__ import annotations
 
 import heapq
+import math
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -112,6 +113,10 @@ class _Source:
         self.names: dict[str, object] = {}
 
     def constant(self, value: object) -> str:
+        """An expression for `value`: a literal for text and numbers (no name to look up
+        per event), else a name bound to it."""
+        if type(value) in (str, int) or (type(value) is float and math.isfinite(value)):
+            return repr(value)
         for name, held in self.names.items():
             if held is value:
                 return name
@@ -214,7 +219,10 @@ class _TableCode:
             )
 
     def init(self) -> str:
-        """The list literal of a fresh row's slots after `base`."""
+        """The list literal of a fresh row's slots after `base`, for the row's first event
+        `e`, which the update lines then add. `first`/`last` slots hold `e`'s time, ties
+        and value already where every event has the value (so the update's test needs no
+        None check); elsewhere None until an event has one."""
         values = ["0"]
         for compiled in self.aggregates:
             operation = compiled.aggregate.operation
@@ -226,6 +234,10 @@ class _TableCode:
                 values.extend(("0", "0"))
             elif operation == "count_distinct":
                 values.append("set()")
+            elif operation in ("first", "last") and not self._maybe_absent(compiled):
+                fields = (*compiled.aggregate.by, compiled.aggregate.field)
+                values.append(f"e[{self.time_index}]")
+                values.extend(f"e[{self.schema.index(name)}]" for name in fields)
             else:
                 values.extend(["None"] * compiled.width)
         return ", ".join(values)
@@ -289,7 +301,7 @@ class _TableCode:
             better = "<" if operation == "min" else ">"
             ops = [f"if {slot} is None or v {better} {slot}:", f"    {slot} = v"]
         else:
-            ops = self._first_last(aggregate, row, at)
+            ops = self._first_last(compiled, row, at)
         if kind is not None and kind.nullable:
             body.append("if v is not None:")
             body.extend(_indent(ops, 1))
@@ -297,9 +309,11 @@ class _TableCode:
             body.extend(ops)
         return body
 
-    def _first_last(self, aggregate: Aggregate, row: str, at: int) -> list[str]:
+    def _first_last(self, compiled: _Compiled, row: str, at: int) -> list[str]:
         """Keep the time, ties and value of the earliest (or latest) event in the slots
-        from `at`: the time decides, the rest only on a tie."""
+        from `at`: the time decides, the rest only on a tie. A row's first event fills
+        the slots, so they are None only while its events may lack the value."""
+        aggregate = compiled.aggregate
         better = "<" if aggregate.operation == "first" else ">"
         ties = [f"e[{self.schema.index(name)}]" for name in aggregate.by]
         mine = [*ties, "v"]
@@ -312,7 +326,8 @@ class _TableCode:
         return [
             f"t = e[{self.time_index}]",
             f"best = {row}[{at}]",
-            f"if best is None or t {better} best or (t == best and {on_tie}):",
+            f"if {'best is None or ' if self._maybe_absent(compiled) else ''}"
+            f"t {better} best or (t == best and {on_tie}):",
             # One store per slot: cheaper than a slice assignment from a new tuple.
             *(f"    {row}[{at + i}] = {value}" for i, value in enumerate(["t", *mine])),
         ]
