@@ -235,9 +235,10 @@ class _TableCode:
             elif operation == "count_distinct":
                 values.append("set()")
             elif operation in ("first", "last") and not self._maybe_absent(compiled):
-                fields = (*compiled.aggregate.by, compiled.aggregate.field)
+                aggregate = compiled.aggregate
+                held = (*aggregate.by, aggregate.field or "")  # first/last have a field
                 values.append(f"e[{self.time_index}]")
-                values.extend(f"e[{self.schema.index(name)}]" for name in fields)
+                values.extend(f"e[{self.schema.index(name)}]" for name in held)
             else:
                 values.extend(["None"] * compiled.width)
         return ", ".join(values)
