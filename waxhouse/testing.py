@@ -26,17 +26,16 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from waxhouse.engine import CompiledTable
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS
 from waxhouse.joins import ReferencePartition
 from waxhouse.pipeline import CompiledPipeline, Pipeline
 from waxhouse.records import InputBatch, Record
 from waxhouse.rows import DeadLetterRow, RowBatch
 from waxhouse.snapshots import MIN_KEEP_SECONDS, SegmentFiles
+from waxhouse.views import final_rows
 
 __all__ = ["Record", "Result", "run"]
 
@@ -45,11 +44,14 @@ __all__ = ["Record", "Result", "run"]
 class Result:
     """`rows`: per table, the view's rows (dicts by column, sorted by the leading columns).
     `dead_letters`: every rejected record, each once, by source. `emitted`: per table, the
-    physical rows in the order they were emitted, replays included."""
+    physical rows in the order they were emitted, replays included. `notices`: per table,
+    the notices sent (an episode reaching `at_least`), as the view shows their rows, in
+    order, replays included (a flow sends them at least once)."""
 
     rows: dict[str, list[dict[str, Any]]]
     dead_letters: list[DeadLetterRow]
     emitted: dict[str, list[tuple]] = field(default_factory=dict)
+    notices: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def run(
@@ -98,7 +100,11 @@ def run(
         name: final_rows(table, emitted.tables.get(name, []))
         for name, table in compiled.tables.items()
     }
-    return Result(rows, sorted(dead.values(), key=_source_order), emitted.tables)
+    notices = {
+        name: [final_rows(compiled.tables[name], [row])[0] for row in sent]
+        for name, sent in emitted.notices.items()
+    }
+    return Result(rows, sorted(dead.values(), key=_source_order), emitted.tables, notices)
 
 
 def _interleaved(
@@ -218,77 +224,3 @@ def _run_partition(
         out.extend(held.state.reference_ended())
     out.extend(held.state.flush())
     return out
-
-
-def final_rows(table: CompiledTable, physical: list[tuple]) -> list[dict[str, Any]]:
-    """What `SELECT * FROM <table>` returns once `physical` rows are stored: per identity
-    the highest version unless that one deletes the row, then (for a table keyed apart
-    from the Kafka key) the source partitions combined."""
-    columns = table.columns
-    identity = [columns.index(name) for name in table.order_by]
-    version = columns.index("version")
-    latest: dict[tuple, tuple] = {}
-    for values in physical:
-        key = tuple(values[i] for i in identity)
-        held = latest.get(key)
-        if held is None or values[version] > held[version]:
-            latest[key] = values
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for values in latest.values():
-        row = dict(zip(columns, values, strict=True))
-        if row.get("deleted"):
-            continue  # retracted: FINAL drops it
-        groups.setdefault(tuple(row[name] for name in table.leading), []).append(row)
-    out = []
-    for lead, rows in sorted(groups.items(), key=lambda item: _sortable(item[0])):
-        shown = dict(zip(table.leading, lead, strict=True))
-        for name, aggregate in table.table.aggregates.items():
-            shown[name] = _combine(table, name, aggregate.operation, rows)
-        for flag in table.trailing:
-            shown[flag] = rows[0][flag]
-        out.append(shown)
-    return out
-
-
-def _sortable(values: tuple) -> tuple:
-    return tuple((value is None, value) for value in values)
-
-
-def _combine(table: CompiledTable, name: str, operation: str, rows: list[dict[str, Any]]) -> Any:
-    stored = table.stored[name]
-    places = _places(table, name)
-    if operation in ("count", "count_distinct"):
-        return sum(row[name] for row in rows)
-    if operation == "sum":
-        return _scaled(sum(row[stored[0]] for row in rows), places)
-    if operation == "mean":
-        total = sum(row[stored[0]] for row in rows)
-        n = sum(row[stored[1]] for row in rows)
-        if n == 0:
-            return None
-        return total / n / 10**places if places else total / n
-    values = [row for row in rows if row[stored[0]] is not None]
-    if not values:
-        return None
-    if operation in ("min", "max"):
-        pick = min if operation == "min" else max
-        return _scaled(pick(row[stored[0]] for row in values), places)
-    if len(values) == 1 or len(stored) == 1:
-        return _scaled(values[0][stored[0]], places)
-    pick = min if operation == "first" else max
-    order = (*stored[1:], stored[0])
-    best = pick(values, key=lambda row: tuple(row[column] for column in order))
-    return _scaled(best[stored[0]], places)
-
-
-def _places(table: CompiledTable, name: str) -> int:
-    aggregate = table.table.aggregates[name]
-    if aggregate.field is None or aggregate.operation == "count_distinct":
-        return 0
-    return getattr(table.kind(aggregate.field), "places", 0)
-
-
-def _scaled(value: Any, places: int) -> Any:
-    if value is None or not places:
-        return value
-    return Decimal(value).scaleb(-places)

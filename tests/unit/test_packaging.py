@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "waxhouse.snapshots": CORE,
     "waxhouse.joins": CORE,
     "waxhouse.pipeline": CORE,
+    "waxhouse.views": CORE,
     "waxhouse.testing": CORE,
     "waxhouse.dataflow": ASSEMBLY,
     "waxhouse.recovery": ASSEMBLY,

@@ -19,7 +19,8 @@ from waxhouse.aggregates import Aggregate
 from waxhouse.pipeline import CompiledPipeline
 from waxhouse.records import InputBatch
 from waxhouse.tables import count, minutes, seconds, session, sliding, tumbling
-from waxhouse.testing import Record, final_rows, run
+from waxhouse.testing import Record, run
+from waxhouse.views import final_rows
 
 SHOP = Schema(
     {

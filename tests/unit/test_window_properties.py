@@ -25,7 +25,8 @@ from waxhouse.fields import Schema, decimal, integer, one_of, text, timestamp
 from waxhouse.pipeline import CompiledPipeline, Pipeline
 from waxhouse.records import InputBatch
 from waxhouse.tables import Table, count, session, sliding, tumbling
-from waxhouse.testing import Record, Result, final_rows, run
+from waxhouse.testing import Record, Result, run
+from waxhouse.views import final_rows
 
 SCHEMA = Schema(
     {
