@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 _METADATA_TIMEOUT_S = 60.0
 _UNREACHABLE_TIMEOUT_S = 300.0
-_DLQ_MAX_PENDING = 10_000  # letters sent but not yet known to be acknowledged
+_MAX_PENDING = 10_000  # records sent but not yet known to be acknowledged
 
 
 def retry_while_unreachable(
@@ -285,47 +285,60 @@ class KafkaSource(KafkaTopicSource):
 
 
 DLQ_PART = "dlq"
+NOTICES_PART = "notices"
 
 
-class _DeadLetterPartition(StatefulSinkPartition[DeadLetterRow, None]):
-    """Sends letters as they come and waits for Kafka's acknowledgements once per epoch.
+class Message(NamedTuple):
+    """One record for a topic sink: its key, value and headers."""
 
-    `snapshot()` ends an epoch: it returns only when every letter sent so far is
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class _TopicPartition(StatefulSinkPartition[T, None]):
+    """Sends records as they come and waits for Kafka's acknowledgements once per epoch.
+
+    `snapshot()` ends an epoch: it returns only when every record sent so far is
     acknowledged, so a committed epoch never loses one, and the worker does not wait
     for a round trip per batch. A large backlog is settled early to bound memory.
     """
 
-    def __init__(self, producer: KafkaProducer, topic: str) -> None:
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        topic: str,
+        what: str,
+        encode: Callable[[T], Message],
+        acknowledged: Callable[[T], None],
+    ) -> None:
         self._producer = producer
         self._topic = topic
-        self._pending: list[tuple[DeadLetterRow, Any]] = []
+        self._what = what
+        self._encode = encode
+        self._acknowledged = acknowledged
+        self._pending: list[tuple[T, Any]] = []
 
-    def write_batch(self, values: list[DeadLetterRow]) -> None:
-        for row in values:
-            headers = [
-                ("reason", row.reason.encode()),
-                ("error", row.error.encode()),
-                ("source", row.source.encode()),
-            ]
-            future = self._producer.send(self._topic, value=row.payload, headers=headers)
-            self._pending.append((row, future))
-        if len(self._pending) >= _DLQ_MAX_PENDING:
+    def write_batch(self, values: list[T]) -> None:
+        for item in values:
+            key, value, headers = self._encode(item)
+            future = self._producer.send(self._topic, key=key, value=value, headers=headers)
+            self._pending.append((item, future))
+        if len(self._pending) >= _MAX_PENDING:
             self._settle()
 
     def _settle(self) -> None:
-        """Wait until every letter sent is acknowledged; fail loudly if one was not."""
+        """Wait until every record sent is acknowledged; fail loudly if one was not."""
         pending, self._pending = self._pending, []
         if not pending:
             return
         self._producer.flush()
-        for row, future in pending:
+        for item, future in pending:
             try:
                 future.get(timeout=0)
             except KafkaError as e:
-                raise SinkError(
-                    f"producing to dead-letter topic {self._topic!r} failed: {e}"
-                ) from e
-            DLQ_RECORDS.labels(reason=row.reason).inc()
+                raise SinkError(f"producing to {self._what} {self._topic!r} failed: {e}") from e
+            self._acknowledged(item)
 
     def snapshot(self) -> None:
         self._settle()
@@ -338,53 +351,96 @@ class _DeadLetterPartition(StatefulSinkPartition[DeadLetterRow, None]):
             self._producer.close()
 
 
-class KafkaDeadLetterSink(FixedPartitionedSink[DeadLetterRow, None]):
-    """Raw rejected records to the DLQ topic with `reason`/`error`/`source` headers.
-
-    One partition, so the letters of an epoch are acknowledged by Kafka before that epoch
-    is committed. A replay after a crash may produce a letter again (at least once); the
-    `dead_letters` table holds each exactly once.
-    """
+class KafkaTopicSink(FixedPartitionedSink[T, None]):
+    """Records to one topic, at least once: a replay after a crash may produce a record
+    again. One partition, so the records of an epoch are acknowledged by Kafka before that
+    epoch is committed. `encode` makes an item a `Message`; `acknowledged` is called for
+    each once Kafka has it (metrics). `what` and `setting` name the topic in errors (a
+    missing topic fails the start, not the first record)."""
 
     def __init__(
         self,
         bootstrap_servers: str,
         topic: str,
+        *,
+        part: str,
+        what: str,
+        setting: str,
+        encode: Callable[[T], Message],
+        acknowledged: Callable[[T], None],
         client_options: Mapping[str, object] | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._topic = topic
+        self._part = part
+        self._what = what
+        self._setting = setting
+        self._encode = encode
+        self._acknowledged = acknowledged
         self._options = dict(client_options or {})
 
     def list_parts(self) -> list[str]:
-        return [DLQ_PART]
+        return [self._part]
 
     def part_fn(self, item_key: str) -> int:
         return 0
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
-        _while_unreachable(f"checking dead-letter topic {self._topic!r}", self._check_topic_exists)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _TopicPartition[T]:
+        _while_unreachable(f"checking {self._what} {self._topic!r}", self._check_topic_exists)
         producer = _connecting(
             self._bootstrap,
             lambda: KafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 acks="all",
-                linger_ms=100,  # letters are settled once per epoch: batch them
+                linger_ms=100,  # records are settled once per epoch: batch them
                 batch_size=1024 * 1024,
                 max_request_size=16 * 1024 * 1024,
                 **self._options,
             ),
         )
-        return _DeadLetterPartition(producer, self._topic)
+        return _TopicPartition(producer, self._topic, self._what, self._encode, self._acknowledged)
 
     def _check_topic_exists(self) -> None:
-        """Fail at start, not at the first bad record, when the DLQ topic is missing."""
         consumer = _consumer(self._bootstrap, self._options)
         try:
             if not consumer.partitions_for_topic(self._topic):
                 raise SinkError(
-                    f"dead-letter topic {self._topic!r} does not exist at {self._bootstrap}: "
-                    "create it or point KAFKA_DLQ_TOPIC at one that does"
+                    f"{self._what} {self._topic!r} does not exist at {self._bootstrap}: "
+                    f"create it or point {self._setting} at one that does"
                 )
         finally:
             consumer.close()
+
+
+def _letter(row: DeadLetterRow) -> Message:
+    headers = [
+        ("reason", row.reason.encode()),
+        ("error", row.error.encode()),
+        ("source", row.source.encode()),
+    ]
+    return Message(None, row.payload, headers)
+
+
+def _letter_sent(row: DeadLetterRow) -> None:
+    DLQ_RECORDS.labels(reason=row.reason).inc()
+
+
+def dead_letter_sink(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    setting: str = "KAFKA_DLQ_TOPIC",
+    client_options: Mapping[str, object] | None = None,
+) -> KafkaTopicSink[DeadLetterRow]:
+    """Raw rejected records to the DLQ topic with `reason`/`error`/`source` headers (the
+    `dead_letters` table holds each exactly once)."""
+    return KafkaTopicSink(
+        bootstrap_servers,
+        topic,
+        part=DLQ_PART,
+        what="dead-letter topic",
+        setting=setting,
+        encode=_letter,
+        acknowledged=_letter_sent,
+        client_options=client_options,
+    )

@@ -175,6 +175,12 @@ def observe_freshness(table: str, ends_ms: Iterable[int], now: float | None = No
         histogram.observe(max(0.0, now - end_ms / 1000))
 
 
+NOTICES = Counter(
+    "waxhouse_notices_total",
+    "Notices sent (an episode table's run reaching `at_least` events): to Kafka, counted"
+    " once acknowledged, or logged without Kafka. Replays after a crash count again.",
+    ["table"],
+)
 DLQ_RECORDS = Counter(
     "waxhouse_dlq_records_total",
     "Dead letters produced to the DLQ topic.",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,19 +28,27 @@ from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic
 
 from waxhouse.connectors.clickhouse import ClickHouseSink, RetryPolicy, TableSpec
-from waxhouse.connectors.kafka import DLQ_PART, KafkaDeadLetterSink, KafkaSource
+from waxhouse.connectors.kafka import (
+    DLQ_PART,
+    NOTICES_PART,
+    KafkaSource,
+    KafkaTopicSink,
+    Message,
+    dead_letter_sink,
+)
 from waxhouse.connectors.metrics import (
     DEAD_LETTERS,
     EVENTS_PARSED,
     JOIN_WAITING,
     LATE_EVENTS,
+    NOTICES,
     REFERENCE_WATERMARK,
     WATERMARK,
     WATERMARK_LAG,
     WINDOW_FRESHNESS,
     WINDOW_ROWS,
 )
-from waxhouse.engine import PartitionState
+from waxhouse.engine import CompiledTable, PartitionState
 from waxhouse.errors import SettingsError
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, MAX_TS_MS, Schema
 from waxhouse.joins import ReferencePartition, ReferenceUpdate, TemporalJoin
@@ -55,6 +63,8 @@ from waxhouse.runtime import stop_on_sigterm, tune_garbage_collector
 from waxhouse.settings import Settings, load_settings
 from waxhouse.snapshots import SegmentFiles, segment_files
 from waxhouse.stopping import flow_stopper
+from waxhouse.tables import Episodes
+from waxhouse.views import notice, time_columns
 
 __all__ = ["EmbeddedSource", "build_dataflow", "flow", "load", "table_specs"]
 
@@ -78,12 +88,18 @@ def flow(
     embedded: EmbeddedSource | None = None,
     reference: EmbeddedSource | None = None,
     settings: Settings | None = None,
+    topic: str | None = None,
+    dead_letter_topic: str | None = None,
+    notify: Mapping[str, str] | None = None,
 ) -> Dataflow:
     """The pipeline's dataflow, configured from the environment.
 
     `embedded`: the source to read without Kafka (`KAFKA_BOOTSTRAP_SERVERS` unset), given
     the settings; without one, a pipeline needs Kafka. `reference`: likewise for the
-    reference of a pipeline with a join.
+    reference of a pipeline with a join. `topic` and `dead_letter_topic`: the topics it
+    reads and sends rejected records to (default `KAFKA_TOPIC`, `KAFKA_DLQ_TOPIC`).
+    `notify`: per table with notices (`windows.episodes`), the topic they go to, each at
+    least once; without Kafka they are logged.
     """
     settings = settings or load()
     resumed, on_failure, segments = False, None, None
@@ -115,6 +131,9 @@ def flow(
         resumed=resumed,
         on_failure=on_failure,
         segments=segments,
+        topic=topic,
+        dead_letter_topic=dead_letter_topic,
+        notify=notify,
     )
 
 
@@ -127,23 +146,32 @@ def build_dataflow(
     resumed: bool = False,
     on_failure: Callable[[str], None] | None = None,
     segments: Callable[[], SegmentFiles] | None = None,
+    topic: str | None = None,
+    dead_letter_topic: str | None = None,
+    notify: Mapping[str, str] | None = None,
 ) -> Dataflow:
     """The dataflow alone, of `pipeline` (or of it already compiled). `resumed`: it
     resumes from committed recovery state (a Kafka partition without state is then new,
     and read from its beginning). `on_failure`: how a source stops the flow when it cannot
     go on (default: it raises). `segments`: where snapshots keep their sealed segments
-    (`waxhouse.snapshots.segment_files`; default: inside the snapshots)."""
+    (`waxhouse.snapshots.segment_files`; default: inside the snapshots). `topic`,
+    `dead_letter_topic`, `notify`: as for `flow`."""
     if isinstance(pipeline, CompiledPipeline):
         compiled, pipeline = pipeline, pipeline.pipeline
     else:
         compiled = pipeline.compile(settings.lateness_ms)
+    notify = dict(notify or {})
+    for name in notify:
+        table = compiled.tables.get(name)
+        if table is None or not isinstance(table.table.window, Episodes):
+            raise PipelineError(f"notify: {name!r} is not a table with notices (episodes)")
     for name, table in compiled.tables.items():
         LATE_EVENTS.labels(output=name)  # every table's series exists, at 0, from the start
         if table.end_column is not None:
             WINDOW_FRESHNESS.labels(table=name)
     dataflow = Dataflow(pipeline.name)
     # (source partition, batch of raw records | idle tick)
-    source = _source(pipeline, settings, embedded, resumed, on_failure)
+    source = _source(pipeline, settings, embedded, resumed, on_failure, topic=topic)
     batches = op.input("input", dataflow, source)
     parsed: Stream[tuple[str, Any]] = op.map_value(
         "parse", batches, Parse(compiled.schema, settings.max_future_ms)
@@ -154,7 +182,7 @@ def build_dataflow(
     if join is not None:
         # Every reference partition's versions, not late, to every event partition.
         ref_source = _source(
-            pipeline, settings, reference, resumed, on_failure, topic=join.topic_name
+            pipeline, settings, reference, resumed, on_failure, topic=join.topic_name, start=True
         )
         ref_batches = op.input("reference", dataflow, ref_source)
         ref_parsed = op.map_value(
@@ -192,13 +220,68 @@ def build_dataflow(
         dead = op.flat_map(
             "dead_letters", rows, lambda kv: [(DLQ_PART, row) for row in kv[1].dead_letters]
         )
-        dlq = KafkaDeadLetterSink(
+        dlq = dead_letter_sink(
             settings.kafka_bootstrap_servers or "",
-            settings.kafka_dlq_topic,
+            dead_letter_topic or settings.kafka_dlq_topic,
+            setting="KAFKA_DLQ_TOPIC" if dead_letter_topic is None else "its setting",
             client_options=settings.kafka_security.client_options(),
         )
         op.output("dlq", dead, dlq)
+    for name, notice_topic in notify.items():
+        _notices(name, notice_topic, compiled, rows, settings)
     return dataflow
+
+
+def _notices(
+    name: str,
+    topic: str,
+    compiled: CompiledPipeline,
+    rows: Stream[tuple[str, RowBatch]],
+    settings: Settings,
+) -> None:
+    """Table `name`'s notices to `topic` (at least once), or logged without Kafka."""
+    encode = NoticeEncoder(compiled.tables[name])
+    sent = op.flat_map(
+        f"{name}_notices",
+        rows,
+        lambda kv: [(NOTICES_PART, row) for row in kv[1].notices.get(name, ())],
+    )
+    if settings.embedded:
+        op.inspect(f"{name}_notices_logged", sent, lambda _step, item: encode.log(item[1]))
+        return
+    sink: KafkaTopicSink[tuple] = KafkaTopicSink(
+        settings.kafka_bootstrap_servers or "",
+        topic,
+        part=NOTICES_PART,
+        what=f"{name} notice topic",
+        setting="its setting",
+        encode=encode,
+        acknowledged=encode.sent,
+        client_options=settings.kafka_security.client_options(),
+    )
+    op.output(f"{name}_notify", sent, sink)
+
+
+class NoticeEncoder:
+    """A table's notice rows as Kafka records: key the row's key (its fields joined by
+    `/` when several), value the JSON of `waxhouse.views.notice`, header `table`."""
+
+    def __init__(self, table: CompiledTable) -> None:
+        self.table = table
+        self.times = time_columns(table)
+        self.keys = [table.columns.index(name) for name in table.table.key_fields]
+        self.header = [("table", table.name.encode())]
+
+    def __call__(self, row: tuple) -> Message:
+        key = "/".join(str(row[i]) for i in self.keys).encode()
+        return Message(key, notice(self.table, row, self.times), self.header)
+
+    def sent(self, row: tuple) -> None:
+        NOTICES.labels(table=self.table.name).inc()
+
+    def log(self, row: tuple) -> None:
+        logger.info("notice: %s", notice(self.table, row, self.times).decode())
+        NOTICES.labels(table=self.table.name).inc()
 
 
 def table_specs(compiled: CompiledPipeline) -> list[TableSpec]:
@@ -222,8 +305,10 @@ def _source(
     resumed: bool,
     on_failure: Callable[[str], None] | None,
     topic: str | None = None,
+    start: bool = False,
 ) -> Source:
-    """The events' source, or with `topic` a join's reference (read from its beginning)."""
+    """The events' source from `topic` (default `KAFKA_TOPIC`); with `start`, a join's
+    reference, read from its beginning."""
     if settings.embedded:
         if embedded is None:
             return _NoSource(_NO_SOURCE.format(name=pipeline.name))
@@ -237,7 +322,7 @@ def _source(
     return source_class(
         settings.kafka_bootstrap_servers or "",
         topic or settings.kafka_topic,
-        starting_offset="earliest" if topic else settings.kafka_starting_offset,
+        starting_offset="earliest" if start else settings.kafka_starting_offset,
         stop_at_end=settings.kafka_stop_at_end,
         client_options=settings.kafka_security.client_options(),
         resumed=resumed,
@@ -351,6 +436,13 @@ class ReferenceLogic(StatefulBatchLogic[WindowInput, ReferenceOut, bytes]):
                 DEAD_LETTERS.labels(reason=row.reason).inc()
             out.append(ReferenceOut(update, dead))
         return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[ReferenceOut], bool]:
+        """This reference partition was read to its end (a bounded run, or an embedded
+        source that ran out): events stop waiting for it while the others go on."""
+        if self._state is None:
+            return [], StatefulBatchLogic.RETAIN
+        return [ReferenceOut(self._state.end(), [])], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)

@@ -232,6 +232,11 @@ class ReferencePartition:
         self.watermark = max(self.watermark, self.newest + idle_ms)
         return ReferenceUpdate(self.part, [], self.watermark)
 
+    def end(self) -> ReferenceUpdate:
+        """Read to its end in a bounded run: it holds no event back any more, in this run
+        (event partitions do not keep that in their snapshots)."""
+        return ReferenceUpdate(self.part, [], UNBOUNDED)
+
     def _late(self, record: tuple) -> DeadLetterRow:
         return DeadLetterRow(
             source=record_source(self.part, record[_OFFSET]),
@@ -268,15 +273,22 @@ class JoinState:
         self.versions: dict[Any, list[tuple[int, int, tuple]]] = {}
         self.marks: dict[str, int] = dict.fromkeys(reference_parts, NO_WATERMARK)
         self.waiting: deque[tuple] = deque()
+        # This run read the whole reference, or these partitions of it, to their end (a
+        # bounded run): not in snapshots, as the next run may find more versions there.
         self.ended = False
+        self.ended_parts: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        """The enriched event type is the pipeline's, attached again on restore (`bind`)."""
-        return {k: v for k, v in self.__dict__.items() if k != "event_type"}
+        """The enriched event type is the pipeline's, attached again on restore (`bind`);
+        what this run read to its end is this run's."""
+        skip = ("event_type", "ended", "ended_parts")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.event_type = tuple
+        self.ended = False
+        self.ended_parts = set()
 
     def bind(self, event_type: type[tuple[Any, ...]]) -> None:
         self.event_type = event_type
@@ -289,7 +301,8 @@ class JoinState:
         """The reference watermark: an event at `ts` < this has every version it needs."""
         if self.ended:
             return UNBOUNDED
-        return min(self.marks.values(), default=UNBOUNDED)
+        ended = self.ended_parts
+        return min((m for part, m in self.marks.items() if part not in ended), default=UNBOUNDED)
 
     def update(self, update: ReferenceUpdate) -> list[tuple]:
         """Take a reference partition's versions and watermark; the events released."""
@@ -303,7 +316,9 @@ class JoinState:
             else:
                 bisect.insort(history, entry, key=_VALID_FROM_AND_OFFSET)
         held = self.marks.get(update.part, NO_WATERMARK)
-        if held == EMPTY or update.watermark == EMPTY:
+        if update.watermark == UNBOUNDED:
+            self.ended_parts.add(update.part)  # read to its end: `ReferencePartition.end`
+        elif held == EMPTY or update.watermark == EMPTY:
             self.marks[update.part] = update.watermark  # its first version, or still none
         else:
             self.marks[update.part] = max(held, update.watermark)
