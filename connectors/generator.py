@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -58,7 +58,7 @@ class GeneratorConfig:
 class GeneratedRecord(NamedTuple):
     n: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (the registry has some)
     timestamp_ms: int
 
 
@@ -346,9 +346,20 @@ _BREAKERS = [breaker for breaker, _ in MALFORMED_KINDS]
 _BREAKER_CUM_WEIGHTS = list(itertools.accumulate(weight for _, weight in MALFORMED_KINDS))
 
 
+class RecordGenerator(Protocol):
+    """What `GeneratorSource` drives: a deterministic, picklable stream of records."""
+
+    n: int  # records made so far
+
+    @property
+    def exhausted(self) -> bool: ...
+    def take(self, count: int) -> list[GeneratedRecord]: ...
+
+
 class _GeneratorPartition(StatefulSourcePartition[tuple[str, SourceItem], bytes]):
-    def __init__(self, generator: ClickstreamGenerator, rate: float, batch_size: int) -> None:
+    def __init__(self, generator: RecordGenerator, part: str, rate: float, batch_size: int) -> None:
         self._gen = generator
+        self._part = part
         self._rate = rate
         self._batch_size = batch_size
         self._started = time.monotonic()
@@ -369,12 +380,12 @@ class _GeneratorPartition(StatefulSourcePartition[tuple[str, SourceItem], bytes]
                 return []
         records = self._gen.take(count)
         batch = InputBatch(
-            GENERATOR_PART,
+            self._part,
             [r.n for r in records],
             [r.value for r in records],
             [r.timestamp_ms for r in records],
         )
-        return [(GENERATOR_PART, batch)]
+        return [(self._part, batch)]
 
     def next_awake(self) -> datetime | None:
         if self._awake_at is None:
@@ -387,28 +398,39 @@ class _GeneratorPartition(StatefulSourcePartition[tuple[str, SourceItem], bytes]
 
 
 class GeneratorSource(FixedPartitionedSource[tuple[str, SourceItem], bytes]):
-    """One partition of generated records; resumes from its pickled generator."""
+    """One partition of generated records, at most `rate` a second (0: unlimited);
+    resumes from its pickled generator. `config`: the clickstream's generator, or `make`
+    builds another one. `part` names the partition (dead letters' `source` is
+    `<part>/<n>`).
+    """
 
-    def __init__(self, config: GeneratorConfig, rate: float = 0.0, batch_size: int = 5_000):
-        self._config = config
+    def __init__(
+        self,
+        config: GeneratorConfig | None = None,
+        rate: float = 0.0,
+        batch_size: int = 5_000,
+        *,
+        make: Callable[[], RecordGenerator] | None = None,
+        part: str = GENERATOR_PART,
+    ):
+        if (config is None) == (make is None):
+            raise ValueError("GeneratorSource: give the clickstream's config or `make`")
+        self._make = make or (lambda: ClickstreamGenerator(config or GeneratorConfig()))
         self._rate = rate
         self._batch_size = batch_size
+        self._part = part
 
     def list_parts(self) -> list[str]:
-        return [GENERATOR_PART]
+        return [self._part]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: bytes | None
     ) -> _GeneratorPartition:
-        if resume_state is None:
-            generator = ClickstreamGenerator(self._config)
-        else:
-            generator = pickle.loads(resume_state)
+        generator = self._make() if resume_state is None else pickle.loads(resume_state)
         logger.info(
-            "partition %s starts at record %d (%s)%s",
+            "partition %s starts at record %d (%s)",
             for_part,
             generator.n,
             "resumed" if resume_state is not None else "fresh start",
-            f", stops at {generator.config.events}" if generator.config.events else "",
         )
-        return _GeneratorPartition(generator, self._rate, self._batch_size)
+        return _GeneratorPartition(generator, self._part, self._rate, self._batch_size)

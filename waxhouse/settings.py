@@ -61,6 +61,14 @@ class Settings:
     allowed_lateness_seconds: int = 10
     session_gap_seconds: int = 1800
     event_max_future_seconds: int = 3600
+    sensors_topic: str = "readings"
+    sensors_dlq_topic: str = "readings.dlq"
+    devices_topic: str = "devices"
+    alerts_topic: str = "alerts"
+    sensor_window_seconds: int = 300
+    sensor_slide_seconds: int = 60
+    sensor_batch_size: int = 100
+    alert_readings: int = 3
     generator_events: int = DEFAULT_GENERATOR_EVENTS
     generator_rate: float = 0.0
     generator_seed: int = DEFAULT_GENERATOR_SEED
@@ -79,6 +87,17 @@ class Settings:
             raise SettingsError("SESSION_GAP_SECONDS must be a positive whole number of seconds")
         if self.event_max_future_seconds < 0:
             raise SettingsError("EVENT_MAX_FUTURE_SECONDS must be 0 or more seconds")
+        if self.sensor_window_seconds <= 0:
+            raise SettingsError("SENSOR_WINDOW_SECONDS must be a positive whole number of seconds")
+        if not 0 < self.sensor_slide_seconds <= self.sensor_window_seconds:
+            raise SettingsError(
+                "SENSOR_SLIDE_SECONDS must be a positive whole number of seconds, at most "
+                f"SENSOR_WINDOW_SECONDS ({self.sensor_window_seconds})"
+            )
+        if self.sensor_batch_size <= 0:
+            raise SettingsError("SENSOR_BATCH_SIZE must be a positive whole number of readings")
+        if self.alert_readings <= 0:
+            raise SettingsError("ALERT_READINGS must be a positive whole number of readings")
         if self.clickhouse_retry_seconds < 0:
             raise SettingsError("CLICKHOUSE_RETRY_SECONDS must be 0 or more seconds")
         if self.generator_events < 0:
@@ -126,6 +145,14 @@ class Settings:
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
             "session_gap_seconds": self.session_gap_seconds,
             "event_max_future_seconds": self.event_max_future_seconds,
+            "sensors_topic": self.sensors_topic,
+            "sensors_dlq_topic": self.sensors_dlq_topic,
+            "devices_topic": self.devices_topic,
+            "alerts_topic": self.alerts_topic,
+            "sensor_window_seconds": self.sensor_window_seconds,
+            "sensor_slide_seconds": self.sensor_slide_seconds,
+            "sensor_batch_size": self.sensor_batch_size,
+            "alert_readings": self.alert_readings,
             "generator_events": self.generator_events,
             "generator_rate": self.generator_rate,
             "generator_seed": self.generator_seed,
@@ -233,6 +260,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         allowed_lateness_seconds=_int(env, "ALLOWED_LATENESS_SECONDS", 10),
         session_gap_seconds=_int(env, "SESSION_GAP_SECONDS", 1800),
         event_max_future_seconds=_int(env, "EVENT_MAX_FUTURE_SECONDS", 3600),
+        sensors_topic=_text(env, "SENSORS_TOPIC") or "readings",
+        sensors_dlq_topic=_text(env, "SENSORS_DLQ_TOPIC") or "readings.dlq",
+        devices_topic=_text(env, "DEVICES_TOPIC") or "devices",
+        alerts_topic=_text(env, "ALERTS_TOPIC") or "alerts",
+        sensor_window_seconds=_int(env, "SENSOR_WINDOW_SECONDS", 300),
+        sensor_slide_seconds=_int(env, "SENSOR_SLIDE_SECONDS", 60),
+        sensor_batch_size=_int(env, "SENSOR_BATCH_SIZE", 100),
+        alert_readings=_int(env, "ALERT_READINGS", 3),
         generator_events=_int(env, "GENERATOR_EVENTS", DEFAULT_GENERATOR_EVENTS),
         generator_rate=_float(env, "GENERATOR_RATE", 0.0),
         generator_seed=_int(env, "GENERATOR_SEED", DEFAULT_GENERATOR_SEED),

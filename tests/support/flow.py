@@ -26,7 +26,18 @@ def recovery_args(directory: Path, snapshot_s: int = 1) -> list[str]:
 
 def flow_env(overrides: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without any waxhouse settings, plus `overrides`."""
-    prefixes = ("KAFKA_", "GENERATOR_", "CLICKHOUSE_", "WINDOW_", "ALLOWED_", "SESSION_", "FAULT_")
+    prefixes = (
+        "KAFKA_",
+        "GENERATOR_",
+        "CLICKHOUSE_",
+        "WINDOW_",
+        "ALLOWED_",
+        "SESSION_",
+        "FAULT_",
+        "SENSOR",
+        "DEVICES_",
+        "ALERT",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(overrides)
     return env
