@@ -43,6 +43,7 @@ ALERTS = {
     "SinkErrorsSustained",
     "SinkRetriesSustained",
     "WatermarkStalled",
+    "JoinStalled",  # a flow with a temporal join: the sensors flow
 }
 SEVERITIES = {"warning", "critical"}
 
