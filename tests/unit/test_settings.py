@@ -226,3 +226,38 @@ def test_passwords_never_reach_the_logs_or_the_metrics_endpoint(tmp_path: Path) 
     assert "analytics:***@127.0.0.1:9" in output
     for secret in ("ch-s3cret-pw", "kafka-s3cret-pw"):
         assert secret not in output and secret not in exposition
+
+
+def test_the_sensors_flow_settings_and_their_defaults() -> None:
+    settings = load_settings({})
+    assert (settings.sensors_topic, settings.sensors_dlq_topic) == ("readings", "readings.dlq")
+    assert (settings.devices_topic, settings.alerts_topic) == ("devices", "alerts")
+    windows = (settings.sensor_window_seconds, settings.sensor_slide_seconds)
+    assert windows == (300, 60)
+    assert (settings.sensor_batch_size, settings.alert_readings) == (100, 3)
+    custom = load_settings(
+        {"SENSORS_TOPIC": "t", "SENSOR_SLIDE_SECONDS": "300", "ALERT_READINGS": "5"}
+    )
+    assert (custom.sensors_topic, custom.sensor_slide_seconds, custom.alert_readings) == (
+        "t",
+        300,
+        5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SENSOR_WINDOW_SECONDS": "0"}, "SENSOR_WINDOW_SECONDS"),
+        ({"SENSOR_SLIDE_SECONDS": "301"}, "SENSOR_SLIDE_SECONDS"),
+        ({"SENSOR_SLIDE_SECONDS": "0"}, "SENSOR_SLIDE_SECONDS"),
+        ({"SENSOR_BATCH_SIZE": "0"}, "SENSOR_BATCH_SIZE"),
+        ({"ALERT_READINGS": "-1"}, "ALERT_READINGS"),
+        ({"ALERT_READINGS": "three"}, "ALERT_READINGS"),
+    ],
+)
+def test_invalid_sensors_settings_fail_naming_the_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(SettingsError, match=rf"^{variable} must be"):
+        load_settings(env)
