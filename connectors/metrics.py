@@ -63,6 +63,11 @@ JOIN_WAITING = Gauge(
     ["partition"],
 )
 
+REFERENCE_VERSIONS = Counter(
+    "waxhouse_reference_versions_total",
+    "Versions of a join's reference taken (valid and not late), by join.",
+    ["join"],
+)
 REFERENCE_WATERMARK = Gauge(
     "waxhouse_reference_watermark_seconds",
     "The join's reference watermark as a source partition sees it (epoch seconds; "

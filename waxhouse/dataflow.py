@@ -42,6 +42,7 @@ from waxhouse.connectors.metrics import (
     JOIN_WAITING,
     LATE_EVENTS,
     NOTICES,
+    REFERENCE_VERSIONS,
     REFERENCE_WATERMARK,
     WATERMARK,
     WATERMARK_LAG,
@@ -211,7 +212,12 @@ def build_dataflow(
         tables=table_specs(compiled),
         statements=compiled.statements(),
         retry=retry,
-        on_close=RunReport(settings, pipeline.name, list(compiled.tables)),
+        on_close=RunReport(
+            settings,
+            pipeline.name,
+            list(compiled.tables),
+            join=pipeline.join.name if pipeline.join else None,
+        ),
         create_schema=settings.clickhouse_create_schema,
     )
     op.output("clickhouse", to_clickhouse, sink)
@@ -431,6 +437,7 @@ class ReferenceLogic(StatefulBatchLogic[WindowInput, ReferenceOut, bytes]):
                 out.append(ReferenceOut(self._state.idle(value.idle_ms), []))
                 continue
             update, late = self._state.process(value.events)
+            REFERENCE_VERSIONS.labels(join=self._join.name).inc(len(update.versions))
             dead = [*value.dead_letters, *late]
             for row in late:
                 DEAD_LETTERS.labels(reason=row.reason).inc()

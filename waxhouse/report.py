@@ -23,8 +23,11 @@ def _metric(name: str, labels: dict[str, str] | None = None) -> int:
 class RunReport:
     """Called by the ClickHouse sink with its open client just before it closes."""
 
-    def __init__(self, settings: Settings, pipeline: str, tables: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, pipeline: str, tables: list[str], join: str | None = None
+    ) -> None:
         self._settings = settings
+        self._join = join
         self._pipeline = pipeline
         self._tables = [*tables, "dead_letters"]
         self._started = time.monotonic()
@@ -41,7 +44,11 @@ class RunReport:
             for reason in _REASONS
         }
         # Late events are among the valid ones; the other reasons are records of their own.
-        records = events + sum(n for reason, n in rejected.items() if reason != "late")
+        # A join's reference versions are records too (its tombstones are not counted).
+        versions = (
+            _metric("waxhouse_reference_versions_total", {"join": self._join}) if self._join else 0
+        )
+        records = events + versions + sum(n for reason, n in rejected.items() if reason != "late")
         counts = {
             table: client.command(f"SELECT count() FROM {table}")  # noqa: S608 - fixed names
             for table in self._tables
@@ -62,6 +69,7 @@ class RunReport:
             f"waxhouse: {records:,} records in {elapsed:.1f} s "
             f"({records / elapsed:,.0f} records/s){self._scope}",
             f"  valid events      {events:,}",
+            *([f"  reference         {versions:,} versions ({self._join})"] if self._join else []),
             "  dead letters      "
             + ", ".join(f"{reason} {count:,}" for reason, count in rejected.items()),
             "  rows in ClickHouse "
