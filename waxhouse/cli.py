@@ -173,7 +173,8 @@ def print_schema(tables: Sequence[tuple[str, str]], cluster: str | None, out: Te
 
 
 def run_produce(settings: Settings, args: argparse.Namespace) -> None:
-    """Produce generated events into KAFKA_TOPIC until done or SIGTERM/SIGINT."""
+    """Produce generated events into KAFKA_TOPIC (the sensors flow's: readings into
+    SENSORS_TOPIC, the registry into DEVICES_TOPIC) until done or SIGTERM/SIGINT."""
     if settings.kafka_bootstrap_servers is None:
         raise SettingsError("KAFKA_BOOTSTRAP_SERVERS must be set: produce writes to Kafka")
     try:
@@ -182,28 +183,32 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> None:
             events=args.events,
             seed=time.time_ns() // 1_000_000 if args.seed is None else args.seed,
             malformed_ratio=args.malformed_ratio,
+            flow=args.flow,
         )
     except ValueError as e:
         raise SettingsError(f"produce: {e}") from e
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    sensors = config.flow == "sensors"
+    topic = settings.sensors_topic if sensors else settings.kafka_topic
     logger.info(
         "producing into %s at %s events/s (seed %d)",
-        settings.kafka_topic,
+        topic,
         f"{config.rate:g}" if config.rate else "unlimited",
         config.seed,
     )
     generator = LoadGenerator(
         settings.kafka_bootstrap_servers,
-        settings.kafka_topic,
+        topic,
         config,
         client_options=settings.kafka_security.client_options(),
+        reference_topic=settings.devices_topic if sensors else None,
     )
     try:
         generator.run(stop)
     except KafkaError as e:
-        raise SourceError(f"producing into {settings.kafka_topic} failed: {e!r}") from e
+        raise SourceError(f"producing into {topic} failed: {e!r}") from e
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the pipeline whose tables to create (default: {DEFAULT_PIPELINE})",
     )
     produce = commands.add_parser(
-        "produce", help="produce generated click events into KAFKA_TOPIC (a load generator)"
+        "produce",
+        help="produce generated events into Kafka (a load generator): click events into "
+        "KAFKA_TOPIC, or with --flow sensors readings into SENSORS_TOPIC and the device "
+        "registry into DEVICES_TOPIC",
+    )
+    produce.add_argument(
+        "--flow", choices=("clickstream", "sensors"), default="clickstream", help="whose events"
     )
     produce.add_argument(
         "--rate", type=float, default=500.0, help="events per second (0: as fast as possible)"

@@ -20,10 +20,12 @@ class FakeProducer:
     def __init__(self, clock: list[float]) -> None:
         self.clock = clock
         self.sent: list[tuple[float, bytes, bytes, int]] = []
+        self.topics: list[str] = []
         self.flushed = self.closed = False
 
     def send(self, topic: str, *, key: bytes, value: bytes, timestamp_ms: int) -> FakeFuture:
         self.sent.append((self.clock[0], key, value, timestamp_ms))
+        self.topics.append(topic)
         return FakeFuture()
 
     def flush(self) -> None:
@@ -33,7 +35,7 @@ class FakeProducer:
         self.closed = True
 
 
-def run(config: LoadConfig) -> FakeProducer:
+def run(config: LoadConfig, reference_topic: str | None = None) -> FakeProducer:
     now = [0.0]
     producer = FakeProducer(now)
 
@@ -44,9 +46,14 @@ def run(config: LoadConfig) -> FakeProducer:
         def _producer(self) -> Any:
             return producer
 
-    sent = Generator("unused:9092", "events", config, clock=lambda: now[0], sleep=sleep).run(
-        threading.Event()
-    )
+    sent = Generator(
+        "unused:9092",
+        "events",
+        config,
+        reference_topic=reference_topic,
+        clock=lambda: now[0],
+        sleep=sleep,
+    ).run(threading.Event())
     assert sent == len(producer.sent)
     assert producer.flushed and producer.closed
     return producer
@@ -89,3 +96,27 @@ def test_an_unlimited_rate_sends_whole_steps() -> None:
 def test_invalid_load_is_refused(config: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         LoadConfig(**config)
+
+
+def test_sensors_readings_and_registry_versions_once_their_time_has_come() -> None:
+    producer = run(
+        LoadConfig(rate=500.0, events=3_000, malformed_ratio=0.0, flow="sensors"), "devices"
+    )
+    sent = list(zip(producer.topics, producer.sent, strict=True))
+    readings = [record for topic, record in sent if topic == "events"]
+    versions = [(n, record) for n, (topic, record) in enumerate(sent) if topic == "devices"]
+    assert len(readings) == 3_000 and len(versions) > 20
+    for _, key, value, _ in readings:
+        assert orjson.loads(value)["device_id"].encode() == key  # keyed by device
+    # A version goes out with the step of readings that reaches its time, never before:
+    # the first versions (an hour before the readings) at once, each change later.
+    for n, (_, _, _, ts) in versions:
+        step = [r[3] for topic, r in sent[n : n + 2 * STEP_RECORDS] if topic == "events"]
+        assert step and ts <= max(step[:STEP_RECORDS])
+    first_change = next(n for n, (_, _, _, ts) in versions if ts >= readings[0][3])
+    assert first_change > versions[0][0] + 1  # changes wait for the readings' time
+
+
+def test_the_sensors_flow_needs_its_registry_topic() -> None:
+    with pytest.raises(ValueError, match="reference_topic"):
+        LoadGenerator("unused:9092", "readings", LoadConfig(rate=1.0, flow="sensors"))
