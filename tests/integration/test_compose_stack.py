@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -46,6 +47,7 @@ from tests.support.kafka_broker import LOOPBACK, BrokerPorts, KafkaBroker, creat
 pytestmark = pytest.mark.integration
 
 EVENTS = 3_000
+READINGS = 2_000
 LISTENER = re.compile(r"(?P<name>[A-Z_]+)://(?P<host>[^:,]*):(?P<port>\d+)")
 
 
@@ -181,16 +183,26 @@ def test_the_stack_runs_end_to_end(
     # kafka-topics: the topics and partition counts of its command.
     script = " ".join(services["kafka-topics"]["command"])
     created = dict(re.findall(r"--topic (\S+) --partitions (\d+)", script))
-    assert set(created) == {"events", "events.dlq"}, script
+    assert set(created) == {
+        "events",
+        "events.dlq",
+        "readings",
+        "readings.dlq",
+        "devices",
+        "alerts",
+    }, script
     for topic, partitions in created.items():
         create_topic(internal, topic, int(partitions))
 
     def service_env(name: str) -> dict[str, str]:
         return on_this_machine(services[name]["environment"], internal, store_url, tmp_path)
 
-    schema = run(services["schema"]["command"], service_env("schema"))
-    assert schema.returncode == 0, schema.stderr
-    assert "Schema is up to date" in schema.stdout
+    shell, flag, script = services["schema"]["command"]
+    assert (shell, flag) == ("sh", "-c")
+    for command in script.split(" && "):  # both flows' tables
+        schema = run(shlex.split(command), service_env("schema"))
+        assert schema.returncode == 0, schema.stderr
+        assert "Schema is up to date" in schema.stdout
 
     loadgen = services["loadgen"]["command"]
     produced = run([*loadgen, "--events", str(EVENTS), "--seed", "3"], service_env("loadgen"))
@@ -215,3 +227,26 @@ def test_the_stack_runs_end_to_end(
     sessions = query_rows(store_url, "SELECT sum(events) FROM user_sessions")
     assert views[0][0] == sessions[0][0] == valid
     assert os.path.isdir(env["BYTEWAX_RECOVERY_DIRECTORY"])
+
+    # The sensors flow: its load generator's readings and registry, through its service.
+    loadgen = services["sensors-loadgen"]["command"]
+    produced = run(
+        [*loadgen, "--events", str(READINGS), "--seed", "5"], service_env("sensors-loadgen")
+    )
+    assert produced.returncode == 0, produced.stdout + produced.stderr
+    assert f"produced {READINGS} records into readings" in produced.stdout + produced.stderr
+    sensors_env = service_env("sensors") | {"KAFKA_STOP_AT_END": "true"}
+    sensors_env["BYTEWAX_RECOVERY_DIRECTORY"] = str(tmp_path / "sensors-recovery")
+    flow = run(services["sensors"]["command"], sensors_env)
+    assert flow.returncode == 0, flow.stderr[-4000:]
+    summary = re.search(r"valid events\s+([\d,]+)\s+reference\s+([\d,]+) versions", flow.stdout)
+    assert summary, flow.stdout
+    valid, versions = (int(g.replace(",", "")) for g in summary.groups())
+    rejected = query_rows(
+        store_url,
+        "SELECT count() FROM dead_letters"
+        " WHERE startsWith(source, 'readings/') AND reason != 'late'",  # late ones are valid
+    )[0][0]
+    assert valid + rejected == READINGS and valid > 0.95 * READINGS and versions > 0
+    batched = query_rows(store_url, "SELECT sum(readings) FROM device_batches")[0][0]
+    assert batched == valid  # every valid reading in its device's batches

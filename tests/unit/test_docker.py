@@ -56,15 +56,18 @@ SERVICES = {
     "schema",
     "clickstream",
     "loadgen",
+    "sensors",
+    "sensors-loadgen",
     "prometheus",
     "grafana",
 }
-FLOW = "clickstream"
-WAXHOUSE_SERVICES = {"schema", FLOW, "loadgen"}
+FLOW = "clickstream"  # the image's default command, and the service that builds it
+FLOWS = {FLOW, "sensors"}
+WAXHOUSE_SERVICES = {"schema", *FLOWS, "loadgen", "sensors-loadgen"}
 ONE_SHOT = {"kafka-topics", "schema"}
-# Long-running, but with nothing to probe: the load generator serves no endpoint, and the
-# image's healthcheck is the flow's. Nothing may wait for it to be healthy.
-NO_HEALTH_ENDPOINT = {"loadgen"}
+# Long-running, but with nothing to probe: the load generators serve no endpoint, and the
+# image's healthcheck is the flows'. Nothing may wait for them to be healthy.
+NO_HEALTH_ENDPOINT = {"loadgen", "sensors-loadgen"}
 API_PORT = 3030
 CLUSTER_PORT = 9999
 RECOVERY_DIR = "/var/lib/waxhouse/recovery"
@@ -635,7 +638,7 @@ def test_restart_policies_and_healthchecks(services: dict[str, dict[str, Any]]) 
         test = check["test"]
         assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
         assert {"interval", "timeout", "retries"} <= set(check), name
-    for name in WAXHOUSE_SERVICES - {FLOW}:
+    for name in WAXHOUSE_SERVICES - FLOWS:
         # The image's healthcheck probes the flow's metrics: not theirs.
         assert services[name]["healthcheck"] == {"disable": True}, name
 
@@ -671,7 +674,8 @@ def test_dependencies_form_a_dag_of_healthy_or_completed_services(
     assert set(order) == SERVICES
     depended_on = set().union(*graph.values())
     assert depended_on >= ONE_SHOT, "a one-shot service nothing waits for"
-    assert {"kafka-topics", "schema"} <= graph[FLOW]
+    for flow in FLOWS:
+        assert {"kafka-topics", "schema"} <= graph[flow]
 
 
 def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
@@ -767,13 +771,27 @@ def test_the_waxhouse_commands_are_ones_the_cli_accepts(
     services: dict[str, dict[str, Any]], env_example: dict[str, str]
 ) -> None:
     assert "command" not in services[FLOW] and "entrypoint" not in services[FLOW]
-    schema = interpolate(services["schema"]["command"], env_example)
-    assert schema[0] == "waxhouse" and build_parser().parse_args(schema[1:]).command == "schema"
-    produce = interpolate(services["loadgen"]["command"], env_example)
-    assert produce[0] == "waxhouse"
-    args = build_parser().parse_args(produce[1:])
-    assert args.command == "produce"
-    assert float(args.rate) == float(env_example["LOADGEN_RATE"])
+    # `sh -c "waxhouse schema && waxhouse schema --pipeline dataflows.sensors"`
+    shell, flag, script = interpolate(services["schema"]["command"], env_example)
+    assert (shell, flag) == ("sh", "-c")
+    pipelines = []
+    for command in script.split(" && "):
+        schema = shlex.split(command)
+        assert schema[0] == "waxhouse"
+        args = build_parser().parse_args(schema[1:])
+        assert args.command == "schema"
+        pipelines.append(args.pipeline)
+    assert pipelines == ["dataflows.clickstream", "dataflows.sensors"]
+    assert services["sensors"]["command"] == ["python", "-m", "bytewax.run", "dataflows.sensors"]
+    for name, flow, rate in (
+        ("loadgen", "clickstream", "LOADGEN_RATE"),
+        ("sensors-loadgen", "sensors", "SENSORS_LOADGEN_RATE"),
+    ):
+        produce = interpolate(services[name]["command"], env_example)
+        assert produce[0] == "waxhouse"
+        args = build_parser().parse_args(produce[1:])
+        assert args.command == "produce" and args.flow == flow
+        assert float(args.rate) == float(env_example[rate])
 
 
 def test_variables_are_documented_in_env_example(
@@ -806,7 +824,7 @@ def test_prometheus_scrapes_the_flow_service_on_its_api_port(
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "waxhouse"]
     targets = [t for group in job["static_configs"] for t in group["targets"]]
     api_port = env_pairs(final_stage(dockerfile))["BYTEWAX_DATAFLOW_API_PORT"]
-    assert targets == [f"{FLOW}:{api_port}"]
+    assert targets == [f"{FLOW}:{api_port}", f"sensors:{api_port}"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     prometheus = services["prometheus"]
     _, binds = named_and_bind_mounts(prometheus)
