@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,6 +25,7 @@ from tests.support.clickhouse import query_rows
 from tests.support.flow import start_flow
 from tests.support.kafka_broker import TopicFactory
 from tests.support.produce import produce_records
+from tests.support.scrape import free_port, sample_total, scrape
 from waxhouse.connectors.generator import GeneratedRecord
 from waxhouse.monitoring import REPO, exposition_types, promql_metric_names, served_family
 
@@ -52,6 +50,10 @@ DASHBOARD_METRICS = {
     "waxhouse_sink_batch_seconds",  # sink latency (histogram)
     "waxhouse_sink_errors_total",
     "waxhouse_sink_retries_total",
+    "waxhouse_notices_total",  # the sensors flow: readings and alerts,
+    "waxhouse_join_waiting_events",  # the join's wait queue,
+    "waxhouse_reference_watermark_seconds",  # and the registry watermark's lag
+    "waxhouse_watermark_seconds",  # (against the partition's own)
 }
 HISTOGRAMS = {"waxhouse_window_freshness_seconds", "waxhouse_sink_batch_seconds"}
 # Counters whose series appear only once something fails: the family must be served.
@@ -62,7 +64,7 @@ JOIN_ONLY = {
     "waxhouse_join_waiting_events",
     "waxhouse_reference_watermark_seconds",
     "waxhouse_notices_total",
-}
+}  # tests/integration/test_sensors_flow.py reads them from the sensors flow
 
 # The flow: 1 s windows closed by the idle clock soon after the input is read.
 WINDOW_MS = 1_000
@@ -131,6 +133,9 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "Sink insert latency",
         "Sink errors and retries",
         "Top pages in the last hour",
+        "Readings and alerts",
+        "Join wait queue",
+        "Reference watermark lag",
     } <= titles
     types = {name: "histogram" if name in HISTOGRAMS else "other" for name in DASHBOARD_METRICS}
     families = {served_family(name, types) for name in queried_metrics(board)}
@@ -158,12 +163,6 @@ def test_datasources_are_provisioned_with_the_uids_panels_use_and_no_secret() ->
         return []
 
     assert set(uses(dashboard()["panels"])) == set(uids)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def event(n: int, page: str, ts: int, kind: str, value: float | None = None) -> dict[str, Any]:
@@ -194,27 +193,6 @@ def records(now_ms: int) -> tuple[list[GeneratedRecord], list[dict[str, Any]]]:
     keyed += [(b"u1", value) for value in bad_values] + [(b"u0", orjson.dumps(late))]
     produced = [GeneratedRecord(n, key, value, now_ms) for n, (key, value) in enumerate(keyed)]
     return produced, on_time
-
-
-def scrape(port: int) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            return response.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None  # the API server is not up yet
-
-
-def sample_total(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        series, _, value = line.rpartition(" ")
-        head, _, rest = series.partition("{")
-        if head == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 def unserved(text: str, queried: set[str]) -> tuple[set[str], set[str]]:

@@ -18,12 +18,18 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.support.clickhouse import query_rows
-from tests.support.flow import recovery_args, run_python, start_python
+from tests.support.flow import (
+    recovery_args,
+    run_python,
+    start_python,
+    wait_until_partitions_start,
+)
 from tests.support.kafka_broker import TopicFactory
+from tests.support.scrape import free_port, sample_total, scrape
 from tests.support.sensors import Stream, generated, oracle_settings
 from tests.support.sensors_oracle import SensorsExpected, sensors_oracle
 from waxhouse.connectors.sensors_generator import SensorsConfig
-from waxhouse.settings import Settings
+from waxhouse.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +187,82 @@ def test_the_sensors_flow_killed_twice_resumes_exactly(
     assert "resuming from" in done.stderr, f"seed {seed}"
     assert_exact(url, sensors["expected"])
     assert_alerts_sent(kafka_bootstrap, sensors["topics"]["ALERTS_TOPIC"], sensors["expected"])
+
+
+def all_emitted(metrics: str | None, expected: SensorsExpected) -> bool:
+    """Every table stored as many rows as the oracle has, and the alerts acknowledged by
+    their topic (once per epoch)."""
+    if metrics is None:
+        return False
+    sent = sample_total(metrics, "waxhouse_notices_total", table="alerts")
+    return sent >= len(expected.alerts) and all(
+        sample_total(metrics, "waxhouse_sink_rows_total", table=table)
+        >= len(getattr(expected, table))
+        for table in TABLES
+    )
+
+
+QUICK = {
+    "SENSOR_WINDOW_SECONDS": "2",
+    "SENSOR_SLIDE_SECONDS": "1",
+    "WINDOW_SECONDS": "1",
+    "ALLOWED_LATENESS_SECONDS": "1",
+}
+
+
+def test_a_live_sensors_flow_closes_idle_windows_and_ends_episodes(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """Live: once everything is read, only the idle clock (of the readings and of the
+    registry) moves time; every window closes, every reading becomes final, and the rows
+    a live run writes (closed windows, complete batches, ended episodes) are the oracle's."""
+    config = SensorsConfig(seed=12, events=3_000, devices=15, sites=3, lateness_ms=1_000)
+    readings, registry = generated(config)
+    topics = {
+        "SENSORS_TOPIC": topic_factory(3, prefix="readings"),
+        "DEVICES_TOPIC": topic_factory(2, prefix="devices"),
+        "SENSORS_DLQ_TOPIC": topic_factory(1, prefix="readings-dlq"),
+        "ALERTS_TOPIC": topic_factory(1, prefix="alerts"),
+    }
+    produce(kafka_bootstrap, topics["SENSORS_TOPIC"], readings)
+    produce(kafka_bootstrap, topics["DEVICES_TOPIC"], registry)
+    settings = load_settings(QUICK)
+    expected = sensors_oracle(
+        readings.raw,
+        registry.raw,
+        oracle_settings(settings),
+        topic=topics["SENSORS_TOPIC"],
+        registry_topic=topics["DEVICES_TOPIC"],
+        live=True,
+    )
+    assert expected.alerts and expected.device_batches
+    url = f"chdb://{tmp_path / 'store'}"
+    log = tmp_path / "flow.log"
+    port = free_port()
+    live = {
+        **env(kafka_bootstrap, topics, url),
+        **QUICK,
+        "KAFKA_STOP_AT_END": "false",
+        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+        "BYTEWAX_DATAFLOW_API_PORT": str(port),
+    }
+    flow = start_python(COMMAND, live, log)
+    try:
+        wait_until_partitions_start(flow, log, 5, timeout_s=60)  # 3 readings, 2 registry
+        # Only the idle clock can close the last windows and end the last episodes: wait
+        # until every table has stored the rows the oracle expects (too few fails below).
+        deadline = time.monotonic() + 90
+        while not all_emitted(metrics := scrape(port), expected):
+            assert flow.poll() is None, "a live flow must keep running"
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        assert metrics is not None
+        # What the dashboard's join panels show, served with samples.
+        assert sample_total(metrics, "waxhouse_reference_versions_total", join="devices") > 0
+        for gauge in ("waxhouse_join_waiting_events", "waxhouse_reference_watermark_seconds"):
+            assert f'{gauge}{{partition="{topics["SENSORS_TOPIC"]}/0"}}' in metrics, gauge
+    finally:
+        flow.kill()
+        flow.wait(timeout=30)
+    assert_exact(url, expected)
+    assert_alerts_sent(kafka_bootstrap, topics["ALERTS_TOPIC"], expected)
