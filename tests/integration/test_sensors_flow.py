@@ -30,6 +30,7 @@ from tests.support.sensors import Stream, generated, oracle_settings
 from tests.support.sensors_oracle import SensorsExpected, sensors_oracle
 from waxhouse.connectors.sensors_generator import SensorsConfig
 from waxhouse.settings import Settings, load_settings
+from waxhouse.testing import Record
 
 pytestmark = pytest.mark.integration
 
@@ -266,3 +267,56 @@ def test_a_live_sensors_flow_closes_idle_windows_and_ends_episodes(
         flow.wait(timeout=30)
     assert_exact(url, expected)
     assert_alerts_sent(kafka_bootstrap, topics["ALERTS_TOPIC"], expected)
+
+
+def test_an_episode_open_at_the_end_of_a_bounded_run_is_closed_by_the_next(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    t0 = 1_767_225_600_000
+    topics = {
+        "SENSORS_TOPIC": topic_factory(1, prefix="readings"),
+        "DEVICES_TOPIC": topic_factory(1, prefix="devices"),
+        "SENSORS_DLQ_TOPIC": topic_factory(1, prefix="readings-dlq"),
+        "ALERTS_TOPIC": topic_factory(1, prefix="alerts"),
+    }
+
+    def readings(first: int, made: list[tuple[str, int, float]]) -> Stream:
+        values = [
+            {
+                "reading_id": f"r{first + n}",
+                "device_id": device,
+                "ts": t0 + s * 1000,
+                "temperature": t,
+            }
+            for n, (device, s, t) in enumerate(made)
+        ]
+        records = [Record(v, 0, v["ts"], first + n) for n, v in enumerate(values)]
+        return Stream(records, [(0, r.offset, r.timestamp_ms, r.encoded()) for r in records])
+
+    version = {"device_id": "hot", "site": "hall", "temp_max": 50, "valid_from": t0 - 3_600_000}
+    registry = Stream([Record(version, 0, t0 - 1, 0)], [(0, 0, t0 - 1, orjson.dumps(version))])
+    first = readings(
+        0, [("hot", 0, 60), ("hot", 1, 61), ("hot", 2, 63), ("hot", 3, 62), ("cool", 30, 20)]
+    )
+    second = readings(5, [("hot", 31, 61), ("hot", 32, 20), ("cool", 60, 20)])
+    url = f"chdb://{tmp_path / 'store'}"
+    bounded = env(kafka_bootstrap, topics, url)
+    args = [*COMMAND, *recovery_args(tmp_path / "recovery")]
+    produce(kafka_bootstrap, topics["DEVICES_TOPIC"], registry)
+    alerts = "SELECT alert_start, alert_end, readings, closed FROM alerts"
+    for part, want in (
+        (first, [(t0, t0 + 3_000, 4, 0)]),  # still open: written with closed = 0
+        (second, [(t0, t0 + 31_000, 5, 1)]),  # the next run's row replaces it
+    ):
+        produce(kafka_bootstrap, topics["SENSORS_TOPIC"], part)
+        done = run_python(args, bounded, timeout_s=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert [tuple(map(_plain, row)) for row in query_rows(url, alerts)] == want
+    everything = sensors_oracle(
+        [*first.raw, *second.raw],
+        registry.raw,
+        oracle_settings(Settings()),
+        topic=topics["SENSORS_TOPIC"],
+        registry_topic=topics["DEVICES_TOPIC"],
+    )
+    assert_exact(url, everything)
