@@ -4,8 +4,9 @@ Test-only. Installs the faults the environment asks for, then runs `bytewax.run`
 as `python -m bytewax.run` would. The production code has no fault hooks.
 
 - `FAULT_KILL_MID_FLUSH=N`: on the N-th (or first later) ClickHouse write that has rows
-  for more than one table, insert the `page_stats` rows only, then SIGKILL this process:
-  a crash in the middle of a sink flush.
+  for more than one table (dead letters count as one), insert the first table's rows only
+  (the clickstream's `page_stats`), then SIGKILL this process: a crash in the middle of a
+  sink flush.
 - `FAULT_INSERT_FAILURES=N`: N insert attempts fail with a transient (network) error
   before reaching ClickHouse; with `FAULT_INSERTS_BEFORE_OUTAGE=M`, after M inserts
   went through.
@@ -32,14 +33,10 @@ def _kill_mid_flush(at_write: int) -> None:
     def faulty_write(self: clickhouse.ClickHouseWriter, batch: RowBatch) -> None:
         nonlocal writes
         writes += 1
-        page_stats = batch.tables.get("page_stats")
-        if (
-            writes >= at_write
-            and page_stats
-            and (batch.tables.get("user_sessions") or batch.dead_letters)
-        ):
-            (table,) = (t for t in self._tables if t.label == "page_stats")
-            self._insert(table, page_stats)
+        filled = [name for name, rows in batch.tables.items() if rows]
+        if writes >= at_write and filled and (len(filled) > 1 or batch.dead_letters):
+            (table,) = (t for t in self._tables if t.label == filled[0])
+            self._insert(table, batch.tables[filled[0]])
             sys.stderr.write("fault_run: SIGKILL in the middle of a sink flush\n")
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
