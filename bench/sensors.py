@@ -185,7 +185,7 @@ def in_fresh_process(measure: Callable[[], float]) -> float:
 
 GROUPS = (
     (
-        "Kafka client (confluent/kafka-python) and the source",
+        "Kafka: the client, the source, dead letters and alerts produced",
         ("/kafka/", "kafka_reader", "connectors/kafka"),
     ),
     ("parse", ("parse_batch", "fields.py", "Parse.__call__")),

@@ -355,8 +355,9 @@ class KafkaTopicSink(FixedPartitionedSink[T, None]):
     """Records to one topic, at least once: a replay after a crash may produce a record
     again. One partition, so the records of an epoch are acknowledged by Kafka before that
     epoch is committed. `encode` makes an item a `Message`; `acknowledged` is called for
-    each once Kafka has it (metrics). `what` and `setting` name the topic in errors (a
-    missing topic fails the start, not the first record)."""
+    each once Kafka has it (metrics). `what` and `setting` (the variable that names the
+    topic, if one does) name the topic in errors: a missing topic fails the start, not the
+    first record."""
 
     def __init__(
         self,
@@ -365,7 +366,7 @@ class KafkaTopicSink(FixedPartitionedSink[T, None]):
         *,
         part: str,
         what: str,
-        setting: str,
+        setting: str | None,
         encode: Callable[[T], Message],
         acknowledged: Callable[[T], None],
         client_options: Mapping[str, object] | None = None,
@@ -404,9 +405,10 @@ class KafkaTopicSink(FixedPartitionedSink[T, None]):
         consumer = _consumer(self._bootstrap, self._options)
         try:
             if not consumer.partitions_for_topic(self._topic):
+                point = f" or point {self._setting} at one that does" if self._setting else ""
                 raise SinkError(
                     f"{self._what} {self._topic!r} does not exist at {self._bootstrap}: "
-                    f"create it or point {self._setting} at one that does"
+                    f"create it{point}"
                 )
         finally:
             consumer.close()
@@ -429,7 +431,7 @@ def dead_letter_sink(
     bootstrap_servers: str,
     topic: str,
     *,
-    setting: str = "KAFKA_DLQ_TOPIC",
+    setting: str | None = "KAFKA_DLQ_TOPIC",
     client_options: Mapping[str, object] | None = None,
 ) -> KafkaTopicSink[DeadLetterRow]:
     """Raw rejected records to the DLQ topic with `reason`/`error`/`source` headers (the

@@ -229,7 +229,7 @@ def build_dataflow(
         dlq = dead_letter_sink(
             settings.kafka_bootstrap_servers or "",
             dead_letter_topic or settings.kafka_dlq_topic,
-            setting="KAFKA_DLQ_TOPIC" if dead_letter_topic is None else "its setting",
+            setting="KAFKA_DLQ_TOPIC" if dead_letter_topic is None else None,
             client_options=settings.kafka_security.client_options(),
         )
         op.output("dlq", dead, dlq)
@@ -260,7 +260,7 @@ def _notices(
         topic,
         part=NOTICES_PART,
         what=f"{name} notice topic",
-        setting="its setting",
+        setting=None,
         encode=encode,
         acknowledged=encode.sent,
         client_options=settings.kafka_security.client_options(),
