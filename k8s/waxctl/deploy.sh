@@ -2,6 +2,8 @@
 # Deploy the clickstream flow with waxctl (https://bytewax.io/waxctl), which renders
 # Bytewax's Helm chart: a StatefulSet `clickstream` of 3 processes in namespace `waxhouse`,
 # each with its own recovery volume, credentials from the Secret `waxhouse-credentials`.
+# WAXHOUSE_FLOW=sensors deploys the sensors flow instead, as StatefulSet `sensors`
+# (k8s/overlays/sensors is its plain-manifest twin).
 #
 #   kubectl create namespace waxhouse
 #   kubectl -n waxhouse create secret generic waxhouse-credentials \
@@ -12,7 +14,8 @@
 #
 # Configuration from the environment, with k8s/base's values as defaults:
 # WAXHOUSE_IMAGE_REPOSITORY, WAXHOUSE_IMAGE_TAG, WAXHOUSE_RECOVERY_STORAGECLASS,
-# KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, KAFKA_DLQ_TOPIC, KAFKA_STARTING_OFFSET, and, when
+# KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, KAFKA_DLQ_TOPIC (the sensors flow: SENSORS_TOPIC,
+# SENSORS_DLQ_TOPIC, DEVICES_TOPIC, ALERTS_TOPIC), KAFKA_STARTING_OFFSET, and, when
 # set, KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SSL_CAFILE. Secrets are never
 # passed here: they stay in the Secret.
 #
@@ -40,16 +43,38 @@ add_env() {
     esac
     env_flags+=(-e "$pair")
 }
+flow="${WAXHOUSE_FLOW:-clickstream}"
 add_env KAFKA_BOOTSTRAP_SERVERS "${KAFKA_BOOTSTRAP_SERVERS:-kafka-bootstrap.kafka.svc.cluster.local:9092}"
-add_env KAFKA_TOPIC "${KAFKA_TOPIC:-events}"
-add_env KAFKA_DLQ_TOPIC "${KAFKA_DLQ_TOPIC:-events.dlq}"
+case $flow in
+    clickstream)
+        add_env KAFKA_TOPIC "${KAFKA_TOPIC:-events}"
+        add_env KAFKA_DLQ_TOPIC "${KAFKA_DLQ_TOPIC:-events.dlq}"
+        ;;
+    sensors)
+        add_env SENSORS_TOPIC "${SENSORS_TOPIC:-readings}"
+        add_env SENSORS_DLQ_TOPIC "${SENSORS_DLQ_TOPIC:-readings.dlq}"
+        add_env DEVICES_TOPIC "${DEVICES_TOPIC:-devices}"
+        add_env ALERTS_TOPIC "${ALERTS_TOPIC:-alerts}"
+        ;;
+    *)
+        echo "WAXHOUSE_FLOW must be clickstream or sensors, got '$flow'" >&2
+        exit 2
+        ;;
+esac
 add_env KAFKA_STARTING_OFFSET "${KAFKA_STARTING_OFFSET:-earliest}"
 add_env KAFKA_CLIENT confluent
 add_env CLICKHOUSE_RETRY_SECONDS 300
 add_env CLICKHOUSE_CREATE_SCHEMA "${CLICKHOUSE_CREATE_SCHEMA:-true}"
 add_env WINDOW_SECONDS 60
 add_env ALLOWED_LATENESS_SECONDS 10
-add_env SESSION_GAP_SECONDS 1800
+if [ "$flow" = clickstream ]; then
+    add_env SESSION_GAP_SECONDS 1800
+else
+    add_env SENSOR_WINDOW_SECONDS 300
+    add_env SENSOR_SLIDE_SECONDS 60
+    add_env SENSOR_BATCH_SIZE 100
+    add_env ALERT_READINGS 3
+fi
 add_env WAXHOUSE_LOG_LEVEL INFO
 for name in KAFKA_SECURITY_PROTOCOL KAFKA_SASL_MECHANISM KAFKA_SSL_CAFILE; do
     if [ -n "${!name:-}" ]; then
@@ -65,8 +90,8 @@ fi
 # Recovery as in k8s/base/configmap.yaml: a snapshot every second (with several workers
 # the epoch bounds live latency), no extra snapshots kept (nothing copies the volumes
 # elsewhere), one partition per process.
-waxctl dataflow deploy clickstream.py \
-    --name clickstream \
+waxctl dataflow deploy "$flow.py" \
+    --name "$flow" \
     --namespace waxhouse \
     --processes 3 \
     --workers 1 \

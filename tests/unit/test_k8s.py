@@ -34,6 +34,7 @@ KUSTOMIZATIONS = (
     "base",
     "overlays/replicated-clickhouse",
     "overlays/shared-recovery",
+    "overlays/sensors",
     "monitoring",
 )
 KUBERNETES_VERSION = "1.34.0"
@@ -792,3 +793,79 @@ def test_waxctl_values_are_chart_values_matching_the_manifests(
     assert schema_error(pod) is None, schema_error(pod)
     assert_locked_down(values["podSecurityContext"], pod["spec"]["containers"][0], "values")
     assert_resources(values["resources"], "values.yaml")
+
+
+def test_sensors_overlay_is_the_base_cluster_running_the_sensors_flow(
+    built: dict[str, list[dict[str, Any]]],
+) -> None:
+    base, sensors = built["base"], built["overlays/sensors"]
+    statefulset = find(sensors, "StatefulSet", "sensors")
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["python", "-m", "bytewax.run", "dataflows.sensors"]
+    config_name = "waxhouse-sensors-config"
+    assert {"configMapRef": {"name": config_name}} in container["envFrom"]
+    config = find(sensors, "ConfigMap", config_name)["data"]
+    replicas = statefulset["spec"]["replicas"]
+    assert config["BYTEWAX_ADDRESSES"].split(";") == [
+        f"sensors-{i}.sensors.{NAMESPACE}.svc.cluster.local:9999" for i in range(replicas)
+    ]
+    assert config["BYTEWAX_STATEFULSET_NAME"] == statefulset["metadata"]["name"]
+    assert statefulset["spec"]["serviceName"] == "sensors"
+    known = settings_names()
+    assert all(is_known_setting(name, known) for name in config), config
+    assert {"SENSORS_TOPIC", "DEVICES_TOPIC", "ALERTS_TOPIC", "SENSORS_DLQ_TOPIC"} <= set(config)
+    # Its pods, and only its pods, are what its Service and disruption budget select.
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    selectors = [
+        find(sensors, "Service", "sensors")["spec"]["selector"],
+        find(sensors, "PodDisruptionBudget", "sensors")["spec"]["selector"]["matchLabels"],
+        statefulset["spec"]["selector"]["matchLabels"],
+    ]
+    base_labels = find(base, "StatefulSet", "clickstream")["spec"]["template"]["metadata"]["labels"]
+    for selector in selectors:
+        assert selector.items() <= labels.items()
+        assert not selector.items() <= base_labels.items()  # not the clickstream's pods
+    schema = find(sensors, "Job", "waxhouse-sensors-schema")
+    assert schema["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == [
+        "--pipeline",
+        "dataflows.sensors",
+    ]
+    # Applied next to the base, only the shared Namespace and ServiceAccount coincide.
+    names = {(r["kind"], r["metadata"]["name"]) for r in base}
+    shared = {(r["kind"], r["metadata"]["name"]) for r in sensors} & names
+    assert shared == {("Namespace", NAMESPACE), ("ServiceAccount", "waxhouse")}
+
+
+def test_waxctl_deploys_the_sensors_flow_as_its_overlay_does(
+    tmp_path: Path, built: dict[str, list[dict[str, Any]]]
+) -> None:
+    argv = run_deploy_script(tmp_path, {"WAXHOUSE_FLOW": "sensors"})
+    positional, flags = parse_waxctl(argv)
+    assert positional == ["sensors.py"] and flags["name"] == ["sensors"]
+    overlay = find(built["overlays/sensors"], "ConfigMap", "waxhouse-sensors-config")["data"]
+    flow_config = {k: v for k, v in overlay.items() if not k.startswith("BYTEWAX_")}
+    env = waxctl_env(argv)
+    # As for the clickstream: without a schema Job, the flow creates its tables.
+    assert env.pop("CLICKHOUSE_CREATE_SCHEMA") == "true"
+    assert flow_config.pop("CLICKHOUSE_CREATE_SCHEMA") == "false"
+    assert env == flow_config
+    import dataflows.sensors
+
+    namespace = runpy.run_path(str(K8S / "waxctl" / "sensors.py"))
+    assert namespace["flow"] is dataflows.sensors.flow
+
+
+def test_waxctl_refuses_an_unknown_flow(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "waxctl").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "waxctl").chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(K8S / "waxctl" / "deploy.sh")],
+        env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin", "WAXHOUSE_FLOW": "orders"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "WAXHOUSE_FLOW must be" in done.stderr
