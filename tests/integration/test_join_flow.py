@@ -8,45 +8,21 @@ from __future__ import annotations
 import random
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
 
-from tests.support.clickhouse import query_rows
+from tests.support.clickhouse import plain, query_rows
 from tests.support.flow import recovery_args, run_python, start_python
 from tests.support.joined import pipeline, streams
 from tests.support.kafka_broker import TopicFactory
-from waxhouse.testing import Record, Result, run
+from tests.support.produce import produce_in_partitions
+from waxhouse.testing import Result, run
 
 pytestmark = pytest.mark.integration
 
 TABLES = ("device_stats", "site_stats", "alerts")
-
-
-def produce(bootstrap: str, topic: str, records: list[Record], key: str) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    try:
-        for record in records:
-            assert isinstance(record.value, dict)
-            producer.send(
-                topic,
-                value=record.encoded(),
-                key=str(record.value[key]).encode(),
-                partition=record.partition,
-                timestamp_ms=record.timestamp_ms,
-            )
-        producer.flush(60)
-    finally:
-        producer.close()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
-    return value
 
 
 def assert_exact(url: str, result: Result) -> None:
@@ -55,7 +31,7 @@ def assert_exact(url: str, result: Result) -> None:
         columns = list(want[0])
         order = ", ".join(columns[:3])
         rows = query_rows(url, f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}")  # noqa: S608
-        got = [dict(zip(columns, map(_plain, row), strict=True)) for row in rows]
+        got = [dict(zip(columns, map(plain, row), strict=True)) for row in rows]
         assert got == want, table
     dead = sorted(query_rows(url, "SELECT source, reason, error FROM dead_letters"))
     assert dead == sorted((d.source, d.reason, d.error) for d in result.dead_letters)
@@ -69,8 +45,8 @@ def topics(kafka_bootstrap: str, topic_factory: TopicFactory) -> dict[str, Any]:
         "devices": topic_factory(2, prefix="devices"),
         "dlq": topic_factory(1, prefix="readings-dlq"),
     }
-    produce(kafka_bootstrap, names["readings"], readings, "device_id")
-    produce(kafka_bootstrap, names["devices"], versions, "device_id")
+    produce_in_partitions(kafka_bootstrap, names["readings"], readings, "device_id")
+    produce_in_partitions(kafka_bootstrap, names["devices"], versions, "device_id")
     expected = run(
         pipeline,
         readings,

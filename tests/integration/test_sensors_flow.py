@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from tests.support.clickhouse import query_rows
+from tests.support.clickhouse import plain, query_rows
+from tests.support.dlq import read_topic
 from tests.support.flow import (
     recovery_args,
     run_python,
@@ -25,6 +25,7 @@ from tests.support.flow import (
     wait_until_partitions_start,
 )
 from tests.support.kafka_broker import TopicFactory
+from tests.support.produce import produce_in_partitions
 from tests.support.scrape import free_port, sample_total, scrape
 from tests.support.sensors import Stream, generated, oracle_settings
 from tests.support.sensors_oracle import SensorsExpected, sensors_oracle
@@ -40,31 +41,11 @@ COMMAND = ["-m", "bytewax.run", "dataflows.sensors"]
 
 def produce(bootstrap: str, topic: str, stream: Stream) -> None:
     """Keyed by device, into the partitions `stream` put them in (tombstones too)."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    try:
-        for record in stream.records:
-            value = record.encoded()
-            key = None
-            if value is not None and value.startswith(b"{"):
-                try:
-                    key = str(orjson.loads(value).get("device_id", "")).encode()
-                except orjson.JSONDecodeError:
-                    key = None
-            producer.send(
-                topic,
-                value=value,
-                key=key or b"?",
-                partition=record.partition,
-                timestamp_ms=record.timestamp_ms,
-            )
-        producer.flush(60)
-    finally:
-        producer.close()
+    produce_in_partitions(bootstrap, topic, stream.records, "device_id")
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
+    value = plain(value)
     if isinstance(value, float):
         return round(value, 9)
     if isinstance(value, Decimal):
@@ -92,20 +73,7 @@ def assert_exact(url: str, expected: SensorsExpected) -> None:
 
 
 def alert_messages(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        part = TopicPartition(topic, 0)
-        consumer.assign([part])
-        consumer.seek_to_beginning(part)
-        end = consumer.end_offsets([part])[part]
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 60
-        while consumer.position(part) < end and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=1000).values():
-                out.extend(orjson.loads(r.value) for r in records)
-        return out
-    finally:
-        consumer.close()
+    return [orjson.loads(record.value) for record in read_topic(bootstrap, topic)]
 
 
 def assert_alerts_sent(bootstrap: str, topic: str, expected: SensorsExpected) -> None:
@@ -120,16 +88,23 @@ def _rfc3339(ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+def sensors_topics(
+    topic_factory: TopicFactory, readings: int = 3, devices: int = 2
+) -> dict[str, str]:
+    """The sensors flow's topics, by the settings that name them."""
+    return {
+        "SENSORS_TOPIC": topic_factory(readings, prefix="readings"),
+        "DEVICES_TOPIC": topic_factory(devices, prefix="devices"),
+        "SENSORS_DLQ_TOPIC": topic_factory(1, prefix="readings-dlq"),
+        "ALERTS_TOPIC": topic_factory(1, prefix="alerts"),
+    }
+
+
 @pytest.fixture
 def sensors(kafka_bootstrap: str, topic_factory: TopicFactory) -> dict[str, Any]:
     config = SensorsConfig(seed=11, events=30_000, devices=60, sites=6)
     readings, registry = generated(config)
-    names = {
-        "SENSORS_TOPIC": topic_factory(3, prefix="readings"),
-        "DEVICES_TOPIC": topic_factory(2, prefix="devices"),
-        "SENSORS_DLQ_TOPIC": topic_factory(1, prefix="readings-dlq"),
-        "ALERTS_TOPIC": topic_factory(1, prefix="alerts"),
-    }
+    names = sensors_topics(topic_factory)
     produce(kafka_bootstrap, names["SENSORS_TOPIC"], readings)
     produce(kafka_bootstrap, names["DEVICES_TOPIC"], registry)
     expected = sensors_oracle(
@@ -224,12 +199,7 @@ def test_a_live_sensors_flow_closes_idle_windows_and_ends_episodes(
     a live run writes (closed windows, complete batches, ended episodes) are the oracle's."""
     config = SensorsConfig(seed=12, events=3_000, devices=15, sites=3, lateness_ms=1_000)
     readings, registry = generated(config)
-    topics = {
-        "SENSORS_TOPIC": topic_factory(3, prefix="readings"),
-        "DEVICES_TOPIC": topic_factory(2, prefix="devices"),
-        "SENSORS_DLQ_TOPIC": topic_factory(1, prefix="readings-dlq"),
-        "ALERTS_TOPIC": topic_factory(1, prefix="alerts"),
-    }
+    topics = sensors_topics(topic_factory)
     produce(kafka_bootstrap, topics["SENSORS_TOPIC"], readings)
     produce(kafka_bootstrap, topics["DEVICES_TOPIC"], registry)
     settings = load_settings(QUICK)
@@ -278,12 +248,7 @@ def test_an_episode_open_at_the_end_of_a_bounded_run_is_closed_by_the_next(
     kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
     t0 = 1_767_225_600_000
-    topics = {
-        "SENSORS_TOPIC": topic_factory(1, prefix="readings"),
-        "DEVICES_TOPIC": topic_factory(1, prefix="devices"),
-        "SENSORS_DLQ_TOPIC": topic_factory(1, prefix="readings-dlq"),
-        "ALERTS_TOPIC": topic_factory(1, prefix="alerts"),
-    }
+    topics = sensors_topics(topic_factory, readings=1, devices=1)
 
     def readings(first: int, made: list[tuple[str, int, float]]) -> Stream:
         values = [

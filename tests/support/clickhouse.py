@@ -19,6 +19,7 @@ this process has another store open at the time (e.g. a flow running in a thread
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from waxhouse.connectors.clickhouse_store import open_client, parse_clickhouse_url
@@ -37,3 +38,10 @@ def query_rows(
         return [tuple(row) for row in result.result_rows]
     finally:
         client.close()
+
+
+def plain(value: Any) -> Any:
+    """A value as `waxhouse.testing` shows it: times in epoch milliseconds."""
+    if isinstance(value, datetime):
+        return round(value.timestamp() * 1000)
+    return value

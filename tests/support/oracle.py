@@ -44,13 +44,19 @@ def oracle_ts(raw: object) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
-def oracle_event(raw: bytes) -> dict:
+def oracle_object(raw: bytes) -> dict:
+    """A record's value as a JSON object, or `invalid_json`."""
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise Invalid("invalid_json") from e
     if not isinstance(obj, dict):
         raise Invalid("invalid_json")
+    return obj
+
+
+def oracle_event(raw: bytes) -> dict:
+    obj = oracle_object(raw)
     for name, longest in (("event_id", 128), ("user_id", 256)):
         if not isinstance(obj.get(name), str) or not 1 <= len(obj[name]) <= longest:
             raise Invalid("invalid_event", name)

@@ -1,10 +1,12 @@
-"""Put generated records on a topic the way our producers do: keyed by user."""
+"""Put records on a topic the way our producers do: keyed by the pipeline's key."""
 
 from __future__ import annotations
 
+import orjson
 from kafka import KafkaProducer
 
 from waxhouse.connectors.generator import GeneratedRecord
+from waxhouse.records import Record
 
 
 def produce_records(bootstrap: str, topic: str, records: list[GeneratedRecord]) -> dict[int, str]:
@@ -30,3 +32,33 @@ def produce_records(bootstrap: str, topic: str, records: list[GeneratedRecord]) 
         meta = future.get(timeout=60)
         positions[record.n] = f"{topic}/{meta.partition}/{meta.offset}"
     return positions
+
+
+def produce_in_partitions(bootstrap: str, topic: str, records: list[Record], key: str) -> None:
+    """`waxhouse.testing` records, in order, each into its own `partition` with its
+    timestamp, keyed by its value's `key` field (`?` for a value without one: malformed
+    records and tombstones)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for record in records:
+            value = record.encoded()
+            producer.send(
+                topic,
+                value=value,
+                key=_key(value, key),
+                partition=record.partition,
+                timestamp_ms=record.timestamp_ms,
+            )
+        producer.flush(60)
+    finally:
+        producer.close()
+
+
+def _key(value: bytes | None, field: str) -> bytes:
+    try:
+        found = orjson.loads(value or b"null")
+    except orjson.JSONDecodeError:
+        return b"?"
+    if not isinstance(found, dict) or field not in found:
+        return b"?"
+    return str(found[field]).encode()

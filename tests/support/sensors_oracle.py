@@ -12,14 +12,13 @@ rule among the versions that were not late. Deduplication is not applied.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from tests.support.oracle import Invalid, oracle_ts
+from tests.support.oracle import Invalid, oracle_object, oracle_ts
 
 Raw = tuple[int, int, int, bytes | None]  # partition, offset, record timestamp, value
 
@@ -46,16 +45,6 @@ class SensorsExpected:
     )  # source -> (reason, error)
 
 
-def _json_object(raw: bytes) -> dict:
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise Invalid("invalid_json") from e
-    if not isinstance(obj, dict):
-        raise Invalid("invalid_json")
-    return obj
-
-
 def _text(obj: dict, name: str, longest: int = 128) -> str:
     value = obj.get(name)
     if not isinstance(value, str) or not 1 <= len(value) <= longest:
@@ -75,7 +64,7 @@ def _hundredths(obj: dict, name: str, low: float, high: float) -> int | None:
 def reading_of(raw: bytes | None) -> dict:
     if raw is None:
         raise Invalid("invalid_json")
-    obj = _json_object(raw)
+    obj = oracle_object(raw)
     reading = {
         "reading_id": _text(obj, "reading_id"),
         "device_id": _text(obj, "device_id"),
@@ -89,7 +78,7 @@ def reading_of(raw: bytes | None) -> dict:
 
 
 def version_of(raw: bytes) -> dict:
-    obj = _json_object(raw)
+    obj = oracle_object(raw)
     return {
         "device_id": _text(obj, "device_id"),
         "site": _text(obj, "site"),
