@@ -137,6 +137,12 @@ class LoadGenerator:
         `SourceError` if any send failed."""
         producer = self._producer()
         failures: list[BaseException] = []
+
+        def send(topic: str | None, record: GeneratedRecord) -> None:
+            producer.send(
+                topic, key=record.key, value=record.value, timestamp_ms=record.timestamp_ms
+            ).add_errback(failures.append)
+
         start_ms = time.time_ns() // 1_000_000
         generator = self._config.generator(start_ms)
         reference = self._config.reference(start_ms)
@@ -156,23 +162,12 @@ class LoadGenerator:
                     versions = versions or reference.take(STEP_RECORDS)
                     until = records[-1].timestamp_ms
                     while versions and versions[0].timestamp_ms <= until:
-                        version = versions.pop(0)
-                        producer.send(
-                            self._reference_topic,
-                            key=version.key,
-                            value=version.value,
-                            timestamp_ms=version.timestamp_ms,
-                        ).add_errback(failures.append)
+                        send(self._reference_topic, versions.pop(0))
                         versions_sent += 1
                         if not versions:
                             versions = reference.take(STEP_RECORDS)
                 for record in records:
-                    producer.send(
-                        self._topic,
-                        key=record.key,
-                        value=record.value,
-                        timestamp_ms=record.timestamp_ms,
-                    ).add_errback(failures.append)
+                    send(self._topic, record)
                 sent += len(records)
                 if now - last_report >= PROGRESS_SECONDS:
                     logger.info("produced %d records (%.0f/s)", sent, sent / (now - started))
