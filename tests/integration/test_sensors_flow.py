@@ -290,3 +290,59 @@ def test_an_episode_open_at_the_end_of_a_bounded_run_is_closed_by_the_next(
         registry_topic=topics["DEVICES_TOPIC"],
     )
     assert_exact(url, everything)
+
+
+@pytest.mark.slow
+def test_killed_while_readings_wait_for_the_registry_then_its_versions_arrive(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """The registry has only its first versions (an hour before the readings), so every
+    reading waits for its watermark; the flow is killed with them waiting (in its
+    snapshots), the registry's later versions arrive, and the next run applies them to
+    the readings as if they had come first."""
+    config = SensorsConfig(seed=13, events=8_000, devices=30, sites=4)
+    readings, registry = generated(config)
+    first = [r for r in registry.records if r.timestamp_ms < config.start_ms]
+    later = [r for r in registry.records if r.timestamp_ms >= config.start_ms]
+    assert first and later
+    topics = sensors_topics(topic_factory)
+    produce(kafka_bootstrap, topics["SENSORS_TOPIC"], readings)
+    produce_in_partitions(kafka_bootstrap, topics["DEVICES_TOPIC"], first, "device_id")
+    expected = sensors_oracle(
+        readings.raw,
+        registry.raw,
+        oracle_settings(Settings()),
+        topic=topics["SENSORS_TOPIC"],
+        registry_topic=topics["DEVICES_TOPIC"],
+    )
+    url = f"chdb://{tmp_path / 'store'}"
+    bounded = env(kafka_bootstrap, topics, url)
+    port = free_port()
+    live = {
+        **bounded,
+        "KAFKA_STOP_AT_END": "false",
+        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+        "BYTEWAX_DATAFLOW_API_PORT": str(port),
+    }
+    args = [*COMMAND, *recovery_args(tmp_path / "recovery")]
+    log = tmp_path / "flow.log"
+    flow = start_python(args, live, log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # until (nearly) every reading waits, and a snapshot has them
+            metrics = scrape(port)
+            waiting = sample_total(metrics, "waxhouse_join_waiting_events") if metrics else 0
+            if waiting >= 0.9 * config.events:
+                break
+            assert flow.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, f"{waiting} readings waiting"
+            time.sleep(0.5)
+        time.sleep(2)  # a snapshot every second: the waiting readings are in one
+    finally:
+        flow.send_signal(signal.SIGKILL)
+        flow.wait(timeout=30)
+    produce_in_partitions(kafka_bootstrap, topics["DEVICES_TOPIC"], later, "device_id")
+    done = run_python(args, bounded, timeout_s=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stderr
+    assert_exact(url, expected)
