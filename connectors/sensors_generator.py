@@ -17,7 +17,9 @@ same records, and a pickled generator resumes where it stopped):
   behind (late dead letters), tombstones and malformed records.
 
 `readings_source(settings)` and `registry_source(settings)` are the embedded sources:
-partitions `generator` and `generator-devices`. With `GENERATOR_EVENTS=0` the readings
+partitions `generator-readings` and `generator-devices` (dead letters' sources
+`generator-readings/<n>`, apart from the clickstream's `generator/<n>` when both flows
+write into one embedded store). With `GENERATOR_EVENTS=0` the readings
 never end and the registry's changes cover the first 200,000 readings' time, after which
 it ends (read to its end, it holds no reading back).
 """
@@ -33,7 +35,7 @@ import orjson
 from waxhouse.connectors.generator import GeneratedRecord, GeneratorSource
 from waxhouse.settings import Settings
 
-READINGS_PART = "generator"
+READINGS_PART = "generator-readings"
 REGISTRY_PART = "generator-devices"
 _UNBOUNDED_SPAN_READINGS = 200_000  # the registry's horizon when the readings never end
 
