@@ -273,21 +273,19 @@ class JoinState:
         self.versions: dict[Any, list[tuple[int, int, tuple]]] = {}
         self.marks: dict[str, int] = dict.fromkeys(reference_parts, NO_WATERMARK)
         self.waiting: deque[tuple] = deque()
-        # This run read the whole reference, or these partitions of it, to their end (a
-        # bounded run): not in snapshots, as the next run may find more versions there.
-        self.ended = False
+        # Reference partitions this run read to their end (a bounded run): not in
+        # snapshots, as the next run may find more versions there.
         self.ended_parts: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         """The enriched event type is the pipeline's, attached again on restore (`bind`);
         what this run read to its end is this run's."""
-        skip = ("event_type", "ended", "ended_parts")
+        skip = ("event_type", "ended_parts")
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.event_type = tuple
-        self.ended = False
         self.ended_parts = set()
 
     def bind(self, event_type: type[tuple[Any, ...]]) -> None:
@@ -299,8 +297,6 @@ class JoinState:
     @property
     def watermark(self) -> int:
         """The reference watermark: an event at `ts` < this has every version it needs."""
-        if self.ended:
-            return UNBOUNDED
         ended = self.ended_parts
         return min((m for part, m in self.marks.items() if part not in ended), default=UNBOUNDED)
 
@@ -344,7 +340,7 @@ class JoinState:
 
     def end(self) -> list[tuple]:
         """The reference was read to its end (a bounded run): every waiting event."""
-        self.ended = True
+        self.ended_parts.update(self.marks)
         return self._release()
 
     def _release(self) -> list[tuple]:
