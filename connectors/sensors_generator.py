@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import orjson
 
 from waxhouse.connectors.generator import GeneratedRecord, GeneratorSource
+from waxhouse.fields import format_rfc3339
 from waxhouse.settings import Settings
 
 READINGS_PART = "generator-readings"
@@ -121,7 +121,7 @@ class ReadingsGenerator:
         reading: dict[str, object] = {
             "reading_id": f"r-{config.seed}-{n}",
             "device_id": device_name(device),
-            "ts": _rfc3339(ts) if rng.random() < 0.2 else ts,
+            "ts": format_rfc3339(ts) if rng.random() < 0.2 else ts,
         }
         temperature = self._temperature(device)
         kind = rng.random()
@@ -225,7 +225,7 @@ def _registry(config: SensorsConfig) -> list[GeneratedRecord]:
             "device_id": device_name(device),
             "site": site_name(rng.randrange(config.sites)),
             "temp_max": rng.choice(limits),
-            "valid_from": _rfc3339(at) if rng.random() < 0.3 else at,
+            "valid_from": format_rfc3339(at) if rng.random() < 0.3 else at,
         }
         made.append((at, key, orjson.dumps(version)))
         if roll < 0.1:  # a correction at the same valid_from: the later record wins
@@ -241,11 +241,6 @@ def _registry(config: SensorsConfig) -> list[GeneratedRecord]:
             made.append((at + 1, key, b'{"device_id": "dev-'))
     made.sort(key=lambda record: record[0])  # stable: a device's own versions keep order
     return [GeneratedRecord(n, key, value, at) for n, (at, key, value) in enumerate(made)]
-
-
-def _rfc3339(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _config(settings: Settings) -> SensorsConfig:

@@ -119,6 +119,13 @@ def parse_rfc3339(text: str, name: str = "ts") -> int:
     return ms
 
 
+def format_rfc3339(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 in UTC with milliseconds: `2026-01-01T00:00:00.250Z`
+    (what `parse_rfc3339` reads back to the same value)."""
+    moment = _EPOCH + ms * _MILLISECOND
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _rfc3339_fields(match: re.Match[str], name: str = "ts") -> int:
     """The reference reading of a string `_RFC3339` matched, field by field."""
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()

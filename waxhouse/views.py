@@ -8,13 +8,13 @@ column, times in RFC 3339, decimals as numbers.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from waxhouse.engine import CompiledTable
+from waxhouse.fields import format_rfc3339
 
 __all__ = ["final_rows", "notice", "time_columns"]
 
@@ -112,14 +112,9 @@ def notice(table: CompiledTable, row: tuple, times: frozenset[str]) -> bytes:
     message: dict[str, Any] = {"table": table.name}
     for name, value in shown.items():
         if name in times and value is not None:
-            value = _rfc3339(value)
+            value = format_rfc3339(value)
         message[name] = value
     return orjson.dumps(message, default=_number)
-
-
-def _rfc3339(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _number(value: object) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.clickhouse import plain, query_rows
+from tests.support.clickhouse import query_rows, view_rows
 from tests.support.dlq import read_topic
 from tests.support.flow import (
     recovery_args,
@@ -28,8 +27,9 @@ from tests.support.kafka_broker import TopicFactory
 from tests.support.produce import produce_in_partitions
 from tests.support.scrape import free_port, sample_total, scrape
 from tests.support.sensors import Stream, generated, oracle_settings
-from tests.support.sensors_oracle import SensorsExpected, sensors_oracle
+from tests.support.sensors_oracle import Raw, SensorsExpected, sensors_oracle
 from waxhouse.connectors.sensors_generator import SensorsConfig
+from waxhouse.fields import format_rfc3339
 from waxhouse.settings import Settings, load_settings
 from waxhouse.testing import Record
 
@@ -45,7 +45,6 @@ def produce(bootstrap: str, topic: str, stream: Stream) -> None:
 
 
 def _plain(value: Any) -> Any:
-    value = plain(value)
     if isinstance(value, float):
         return round(value, 9)
     if isinstance(value, Decimal):
@@ -60,9 +59,7 @@ def _rows(rows: list[dict[str, Any]]) -> list[tuple]:
 def assert_exact(url: str, expected: SensorsExpected) -> None:
     for table in TABLES:
         want = getattr(expected, table)
-        columns = list(want[0])
-        got = query_rows(url, f"SELECT {', '.join(columns)} FROM {table}")  # noqa: S608
-        assert _rows([dict(zip(columns, row, strict=True)) for row in got]) == _rows(want), table
+        assert _rows(view_rows(url, table, list(want[0]))) == _rows(want), table
     dead = {
         s: (r, e) for s, r, e in query_rows(url, "SELECT source, reason, error FROM dead_letters")
     }
@@ -79,13 +76,8 @@ def alert_messages(bootstrap: str, topic: str) -> list[dict[str, Any]]:
 def assert_alerts_sent(bootstrap: str, topic: str, expected: SensorsExpected) -> None:
     """At least once: every alert row has a message, and every message is an alert."""
     sent = {(m["device_id"], m["alert_start"]) for m in alert_messages(bootstrap, topic)}
-    rows = {(a["device_id"], _rfc3339(a["alert_start"])) for a in expected.alerts}
+    rows = {(a["device_id"], format_rfc3339(a["alert_start"])) for a in expected.alerts}
     assert sent == rows
-
-
-def _rfc3339(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def sensors_topics(
@@ -100,6 +92,25 @@ def sensors_topics(
     }
 
 
+def expected_in(
+    topics: dict[str, str],
+    readings: list[Raw],
+    registry: list[Raw],
+    settings: Settings | None = None,
+    *,
+    live: bool = False,
+) -> SensorsExpected:
+    """The oracle's tables for records on `topics` (dead letters name them)."""
+    return sensors_oracle(
+        readings,
+        registry,
+        oracle_settings(settings or Settings()),
+        topic=topics["SENSORS_TOPIC"],
+        registry_topic=topics["DEVICES_TOPIC"],
+        live=live,
+    )
+
+
 @pytest.fixture
 def sensors(kafka_bootstrap: str, topic_factory: TopicFactory) -> dict[str, Any]:
     config = SensorsConfig(seed=11, events=30_000, devices=60, sites=6)
@@ -107,13 +118,7 @@ def sensors(kafka_bootstrap: str, topic_factory: TopicFactory) -> dict[str, Any]
     names = sensors_topics(topic_factory)
     produce(kafka_bootstrap, names["SENSORS_TOPIC"], readings)
     produce(kafka_bootstrap, names["DEVICES_TOPIC"], registry)
-    expected = sensors_oracle(
-        readings.raw,
-        registry.raw,
-        oracle_settings(Settings()),
-        topic=names["SENSORS_TOPIC"],
-        registry_topic=names["DEVICES_TOPIC"],
-    )
+    expected = expected_in(names, readings.raw, registry.raw)
     assert expected.alerts and expected.device_batches
     return {"topics": names, "expected": expected}
 
@@ -203,14 +208,7 @@ def test_a_live_sensors_flow_closes_idle_windows_and_ends_episodes(
     produce(kafka_bootstrap, topics["SENSORS_TOPIC"], readings)
     produce(kafka_bootstrap, topics["DEVICES_TOPIC"], registry)
     settings = load_settings(QUICK)
-    expected = sensors_oracle(
-        readings.raw,
-        registry.raw,
-        oracle_settings(settings),
-        topic=topics["SENSORS_TOPIC"],
-        registry_topic=topics["DEVICES_TOPIC"],
-        live=True,
-    )
+    expected = expected_in(topics, readings.raw, registry.raw, settings, live=True)
     assert expected.alerts and expected.device_batches
     url = f"chdb://{tmp_path / 'store'}"
     log = tmp_path / "flow.log"
@@ -273,7 +271,7 @@ def test_an_episode_open_at_the_end_of_a_bounded_run_is_closed_by_the_next(
     bounded = env(kafka_bootstrap, topics, url)
     args = [*COMMAND, *recovery_args(tmp_path / "recovery")]
     produce(kafka_bootstrap, topics["DEVICES_TOPIC"], registry)
-    alerts = "SELECT alert_start, alert_end, readings, closed FROM alerts"
+    alerts = ["alert_start", "alert_end", "readings", "closed"]
     for part, want in (
         (first, [(t0, t0 + 3_000, 4, 0)]),  # still open: written with closed = 0
         (second, [(t0, t0 + 31_000, 5, 1)]),  # the next run's row replaces it
@@ -281,14 +279,8 @@ def test_an_episode_open_at_the_end_of_a_bounded_run_is_closed_by_the_next(
         produce(kafka_bootstrap, topics["SENSORS_TOPIC"], part)
         done = run_python(args, bounded, timeout_s=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert [tuple(map(_plain, row)) for row in query_rows(url, alerts)] == want
-    everything = sensors_oracle(
-        [*first.raw, *second.raw],
-        registry.raw,
-        oracle_settings(Settings()),
-        topic=topics["SENSORS_TOPIC"],
-        registry_topic=topics["DEVICES_TOPIC"],
-    )
+        assert [tuple(row.values()) for row in view_rows(url, "alerts", alerts)] == want
+    everything = expected_in(topics, [*first.raw, *second.raw], registry.raw)
     assert_exact(url, everything)
 
 
@@ -308,13 +300,7 @@ def test_killed_while_readings_wait_for_the_registry_then_its_versions_arrive(
     topics = sensors_topics(topic_factory)
     produce(kafka_bootstrap, topics["SENSORS_TOPIC"], readings)
     produce_in_partitions(kafka_bootstrap, topics["DEVICES_TOPIC"], first, "device_id")
-    expected = sensors_oracle(
-        readings.raw,
-        registry.raw,
-        oracle_settings(Settings()),
-        topic=topics["SENSORS_TOPIC"],
-        registry_topic=topics["DEVICES_TOPIC"],
-    )
+    expected = expected_in(topics, readings.raw, registry.raw)
     url = f"chdb://{tmp_path / 'store'}"
     bounded = env(kafka_bootstrap, topics, url)
     port = free_port()

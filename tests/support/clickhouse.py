@@ -45,3 +45,11 @@ def plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return round(value.timestamp() * 1000)
     return value
+
+
+def view_rows(url: str, table: str, columns: list[str]) -> list[dict[str, Any]]:
+    """`columns` of every row of view `table`, as `waxhouse.testing` shows rows (times in
+    epoch milliseconds), ordered by those columns."""
+    names = ", ".join(columns)
+    rows = query_rows(url, f"SELECT {names} FROM {table} ORDER BY {names}")  # noqa: S608
+    return [dict(zip(columns, map(plain, row), strict=True)) for row in rows]

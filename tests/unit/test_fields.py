@@ -33,6 +33,7 @@ from waxhouse.fields import (
     TimestampField,
     _rfc3339_fields,
     decimal,
+    format_rfc3339,
     integer,
     money,
     one_of,
@@ -983,3 +984,10 @@ def test_a_schema_that_cannot_work_fails_at_construction(
 ) -> None:
     with pytest.raises((ValueError, TypeError), match=error):
         build()
+
+
+@given(st.integers(min_value=0, max_value=MAX_TS_MS))
+def test_format_rfc3339_reads_back_to_the_same_milliseconds(ms: int) -> None:
+    text = format_rfc3339(ms)
+    assert text.endswith("Z") and len(text) == 24
+    assert parse_rfc3339(text) == ms
