@@ -48,12 +48,13 @@ from bench.common import bootstrap, bounded_env, flow_version, produce, summary_
 from bench.compare import BENCHMARK_SHAPE
 from tests.support.flow import REPO, flow_env
 from tests.support.kafka_broker import create_topic
-from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
 from waxhouse.connectors.sensors_generator import (
     ReadingsGenerator,
     RegistryGenerator,
     SensorsConfig,
 )
+from waxhouse.records import InputBatch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORT = RESULTS / "sensors.md"
@@ -111,12 +112,11 @@ def drain(flow: str, servers: str, names: dict[str, str]) -> tuple[int, float, f
 def waiting_bytes() -> float:
     """Bytes per reading waiting in the join (the registry has said nothing)."""
     from dataflows.sensors import declare
-    from waxhouse.records import InputBatch
     from waxhouse.settings import Settings
 
     compiled = declare(Settings()).compile(10_000)
     config = SensorsConfig(seed=3, events=WAITING, malformed_ratio=0.0, late_ratio=0.0)
-    batches = _batches(ReadingsGenerator(config).take(WAITING), InputBatch)
+    batches = _batches(ReadingsGenerator(config).take(WAITING))
     gc.collect()
     tracemalloc.start()  # before parsing: the waiting readings are the parsed events
     before = tracemalloc.get_traced_memory()[0]
@@ -136,7 +136,6 @@ def window_bytes() -> float:
     from dataflows.sensors import declare
     from waxhouse import Pipeline
     from waxhouse.joins import UNBOUNDED, ReferenceUpdate
-    from waxhouse.records import InputBatch
     from waxhouse.settings import Settings
 
     full = declare(Settings())
@@ -166,9 +165,9 @@ def window_bytes() -> float:
     return held / (WINDOW_DEVICES * (size // slide))
 
 
-def _batches(records: list, batch_type: type, size: int = 500) -> list:
+def _batches(records: list[GeneratedRecord], size: int = 500) -> list[InputBatch]:
     return [
-        batch_type(
+        InputBatch(
             "readings/0",
             [r.n for r in records[i : i + size]],
             [r.value for r in records[i : i + size]],
