@@ -61,6 +61,7 @@ class Settings:
     allowed_lateness_seconds: int = 10
     session_gap_seconds: int = 1800
     event_max_future_seconds: int = 3600
+    dedup_seconds: int = 600
     sensors_topic: str = "readings"
     sensors_dlq_topic: str = "readings.dlq"
     devices_topic: str = "devices"
@@ -87,6 +88,8 @@ class Settings:
             raise SettingsError("SESSION_GAP_SECONDS must be a positive whole number of seconds")
         if self.event_max_future_seconds < 0:
             raise SettingsError("EVENT_MAX_FUTURE_SECONDS must be 0 or more seconds")
+        if self.dedup_seconds < 0:
+            raise SettingsError("DEDUP_SECONDS must be 0 (no deduplication) or more seconds")
         if self.sensor_window_seconds <= 0:
             raise SettingsError("SENSOR_WINDOW_SECONDS must be a positive whole number of seconds")
         if not 0 < self.sensor_slide_seconds <= self.sensor_window_seconds:
@@ -127,6 +130,10 @@ class Settings:
     def max_future_ms(self) -> int:
         return self.event_max_future_seconds * 1000
 
+    @property
+    def dedup_ms(self) -> int:
+        return self.dedup_seconds * 1000
+
     def describe(self) -> dict[str, object]:
         """The effective configuration, safe to log: no password in it."""
         return {
@@ -145,6 +152,7 @@ class Settings:
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
             "session_gap_seconds": self.session_gap_seconds,
             "event_max_future_seconds": self.event_max_future_seconds,
+            "dedup_seconds": self.dedup_seconds,
             "sensors_topic": self.sensors_topic,
             "sensors_dlq_topic": self.sensors_dlq_topic,
             "devices_topic": self.devices_topic,
@@ -260,6 +268,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         allowed_lateness_seconds=_int(env, "ALLOWED_LATENESS_SECONDS", 10),
         session_gap_seconds=_int(env, "SESSION_GAP_SECONDS", 1800),
         event_max_future_seconds=_int(env, "EVENT_MAX_FUTURE_SECONDS", 3600),
+        dedup_seconds=_int(env, "DEDUP_SECONDS", 600),
         sensors_topic=_text(env, "SENSORS_TOPIC") or "readings",
         sensors_dlq_topic=_text(env, "SENSORS_DLQ_TOPIC") or "readings.dlq",
         devices_topic=_text(env, "DEVICES_TOPIC") or "devices",
