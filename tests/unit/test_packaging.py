@@ -35,6 +35,8 @@ LAYERS: dict[str, int] = {
     "waxhouse.aggregates": CORE,
     "waxhouse.tables": CORE,
     "waxhouse.windows": CORE,
+    "waxhouse.segments": CORE,
+    "waxhouse.dedup": CORE,
     "waxhouse.engine": CORE,
     "waxhouse.snapshots": CORE,
     "waxhouse.joins": CORE,
