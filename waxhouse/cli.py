@@ -7,6 +7,7 @@
     waxhouse schema --replicated --cluster analytics   # Replicated*MergeTree, ON CLUSTER
     waxhouse schema --print [--replicated --cluster analytics]   # show the DDL only
     waxhouse produce --rate 500                        # generated events into Kafka
+    waxhouse gateway                                   # HTTP/WebSocket into Kafka (docs/gateway.md)
 
 `schema` imports the pipeline's module from the current directory (as `python -m
 bytewax.run` does) and applies the DDL its tables derive, plus the dead letters' table.
@@ -18,6 +19,7 @@ its store from here.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import json
 import logging
@@ -211,6 +213,64 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> None:
         raise SourceError(f"producing into {topic} failed: {e!r}") from e
 
 
+GATEWAY_FLOWS = {
+    # --flow: (path, pipeline module, the settings' topic for it)
+    "clickstream": ("/v1/events", "dataflows.clickstream", "kafka_topic"),
+    "sensors": ("/v1/readings", "dataflows.sensors", "sensors_topic"),
+}
+
+
+def gateway_routes(settings: Settings, flow: str, specs: Sequence[str]) -> list[Any]:
+    """The routes `--flow` and `--route` name: each flow's pipeline from its module (as
+    `python -m bytewax.run` imports it), then each `PATH=MODULE[:NAME]@TOPIC`."""
+    from waxhouse.gateway.routes import Route, parse_route_spec
+
+    routes = []
+    for name in GATEWAY_FLOWS if flow == "all" else () if flow == "none" else (flow,):
+        path, module, topic_setting = GATEWAY_FLOWS[name]
+        pipeline = load_pipeline(module)
+        routes.append(Route(path, pipeline.schema, pipeline.key, getattr(settings, topic_setting)))
+    for spec in specs:
+        parsed = parse_route_spec(spec)
+        pipeline = load_pipeline(parsed.pipeline)
+        routes.append(Route(parsed.path, pipeline.schema, pipeline.key, parsed.topic))
+    paths = [route.path for route in routes]
+    if not routes:
+        raise SettingsError("gateway: no routes (--flow none needs at least one --route)")
+    if len(set(paths)) != len(paths):
+        raise SettingsError(f"gateway: a path is served twice: {paths}")
+    return routes
+
+
+def run_gateway(settings: Settings, args: argparse.Namespace) -> None:
+    """Serve the gateway until SIGTERM/SIGINT (see waxhouse.gateway)."""
+    if settings.kafka_bootstrap_servers is None:
+        raise SettingsError("KAFKA_BOOTSTRAP_SERVERS must be set: the gateway writes to Kafka")
+    try:
+        from waxhouse.gateway.producer import GatewayProducer
+        from waxhouse.gateway.server import Gateway
+    except ImportError as e:
+        raise SettingsError(
+            f"the gateway needs the gateway extra (pip install 'waxhouse[gateway]'): {e}"
+        ) from None
+    routes = gateway_routes(settings, args.flow, args.route)
+    config = settings.gateway
+    if not config.tokens:
+        logger.warning(
+            "GATEWAY_TOKENS and GATEWAY_TOKENS_FILE are unset: anyone who reaches %s can send",
+            config.listen,
+        )
+    producer = GatewayProducer(
+        settings.kafka_bootstrap_servers,
+        settings.kafka_security.client_options(),
+        max_inflight_events=config.max_inflight_events,
+        ack_timeout_s=config.ack_timeout_seconds,
+        topics=[route.topic for route in routes],
+    )
+    gateway = Gateway(routes, config, producer, max_future_ms=settings.max_future_ms)
+    asyncio.run(gateway.serve())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="waxhouse",
@@ -268,13 +328,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="share of deliberately broken records, to exercise the dead letters",
     )
+    gateway = commands.add_parser(
+        "gateway",
+        help="serve HTTP and WebSocket endpoints that validate events with the flows' parsers "
+        "and answer once Kafka has them (docs/gateway.md)",
+    )
+    gateway.add_argument(
+        "--flow",
+        choices=("all", *GATEWAY_FLOWS, "none"),
+        default="all",
+        help="whose endpoints: clickstream (/v1/events), sensors (/v1/readings), all "
+        "(default), or none (only --route)",
+    )
+    gateway.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="PATH=MODULE[:NAME]@TOPIC",
+        help="also serve another pipeline's events at PATH into TOPIC, keyed by its key "
+        "field, e.g. /v1/orders=shop.orders:pipeline@orders (repeatable)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging("INFO" if args.verbose or args.command == "produce" else "WARNING")
+    configure_logging(
+        "INFO" if args.verbose or args.command in ("produce", "gateway") else "WARNING"
+    )
     if args.command == "schema" and args.replicated != (args.cluster is not None):
         parser.error("--replicated and --cluster go together")
     try:
@@ -286,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = _parameters(args.param) if args.command == "sql" else {}
         if args.command == "produce":
             run_produce(settings, args)
+        elif args.command == "gateway":
+            run_gateway(settings, args)
         elif args.command == "sql":
             run_sql(target, args.query, params, args.format, sys.stdout)
         else:

@@ -18,6 +18,7 @@ KafkaClient = Literal["kafka-python", "confluent"]
 KAFKA_CLIENTS: tuple[KafkaClient, ...] = ("kafka-python", "confluent")
 
 DEFAULT_STORE = "./data/clickhouse"
+DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
 DEFAULT_GENERATOR_EVENTS = 200_000
 DEFAULT_GENERATOR_SEED = 42
 _MAX_TS_MS = 253402300799999
@@ -74,6 +75,7 @@ class Settings:
     generator_rate: float = 0.0
     generator_seed: int = DEFAULT_GENERATOR_SEED
     log_level: str = "INFO"
+    gateway: GatewaySettings = field(default_factory=lambda: GatewaySettings())
 
     def __post_init__(self) -> None:
         if self.kafka_client not in KAFKA_CLIENTS:
@@ -164,7 +166,59 @@ class Settings:
             "generator_events": self.generator_events,
             "generator_rate": self.generator_rate,
             "generator_seed": self.generator_seed,
+            **self.gateway.describe(),
         }
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """`waxhouse gateway`'s settings (the GATEWAY_* variables). Tokens never appear in a
+    repr or a description: only how many there are."""
+
+    listen: str = DEFAULT_GATEWAY_LISTEN
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    rate_per_token: float = 0.0
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1024 * 1024
+    ws_max_inflight: int = 16
+    max_inflight_events: int = 100_000
+    ack_timeout_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        host_port(self.listen)
+        if self.rate_per_token < 0:
+            raise SettingsError("GATEWAY_RATE_PER_TOKEN must be 0 (unlimited) or more events/s")
+        if self.max_body_bytes <= 0:
+            raise SettingsError("GATEWAY_MAX_BODY_BYTES must be a positive number of bytes")
+        if self.ws_max_inflight <= 0:
+            raise SettingsError("GATEWAY_WS_MAX_INFLIGHT must be a positive number of frames")
+        if self.max_inflight_events <= 0:
+            raise SettingsError("GATEWAY_MAX_INFLIGHT_EVENTS must be a positive number")
+        if self.ack_timeout_seconds <= 0:
+            raise SettingsError("GATEWAY_ACK_TIMEOUT_SECONDS must be a positive number")
+        for token in self.tokens:
+            if not token or any(c.isspace() for c in token):
+                raise SettingsError("GATEWAY_TOKENS: a token is non-empty, without spaces")
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "gateway_listen": self.listen,
+            "gateway_tokens": len(self.tokens),
+            "gateway_rate_per_token": self.rate_per_token,
+            "gateway_cors_origins": list(self.cors_origins),
+            "gateway_max_body_bytes": self.max_body_bytes,
+            "gateway_ws_max_inflight": self.ws_max_inflight,
+            "gateway_max_inflight_events": self.max_inflight_events,
+            "gateway_ack_timeout_seconds": self.ack_timeout_seconds,
+        }
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    """`HOST:PORT` (GATEWAY_LISTEN) split; `SettingsError` naming the variable if malformed."""
+    host, sep, port = listen.rpartition(":")
+    if sep and host and port.isdigit() and 0 <= int(port) <= 65535:
+        return host.strip("[]"), int(port)
+    raise SettingsError(f"GATEWAY_LISTEN must be HOST:PORT, got {listen!r}")
 
 
 def mask_url(url: str) -> str:
@@ -241,6 +295,38 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return raw
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (_text(env, name) or "").split(",") if item.strip())
+
+
+def _tokens(env: Mapping[str, str]) -> tuple[str, ...]:
+    """GATEWAY_TOKENS (comma-separated) or GATEWAY_TOKENS_FILE (one a line, `#` comments)."""
+    path = _text(env, "GATEWAY_TOKENS_FILE")
+    if path is None:
+        return _list(env, "GATEWAY_TOKENS")
+    if _text(env, "GATEWAY_TOKENS") is not None:
+        raise SettingsError("set GATEWAY_TOKENS or GATEWAY_TOKENS_FILE, not both")
+    try:
+        with open(path, encoding="utf-8") as lines:
+            stripped = (line.strip() for line in lines)
+            return tuple(line for line in stripped if line and not line.startswith("#"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"GATEWAY_TOKENS_FILE {path!r} cannot be read: {e}") from e
+
+
+def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
+    return GatewaySettings(
+        listen=_text(env, "GATEWAY_LISTEN") or DEFAULT_GATEWAY_LISTEN,
+        tokens=_tokens(env),
+        rate_per_token=_float(env, "GATEWAY_RATE_PER_TOKEN", 0.0),
+        cors_origins=_list(env, "GATEWAY_CORS_ORIGINS"),
+        max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", 1024 * 1024),
+        ws_max_inflight=_int(env, "GATEWAY_WS_MAX_INFLIGHT", 16),
+        max_inflight_events=_int(env, "GATEWAY_MAX_INFLIGHT_EVENTS", 100_000),
+        ack_timeout_seconds=_float(env, "GATEWAY_ACK_TIMEOUT_SECONDS", 10.0),
+    )
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `environ` (default: the process environment)."""
     env = os.environ if environ is None else environ
@@ -281,4 +367,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         generator_rate=_float(env, "GENERATOR_RATE", 0.0),
         generator_seed=_int(env, "GENERATOR_SEED", DEFAULT_GENERATOR_SEED),
         log_level=_choice(env, "WAXHOUSE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        gateway=load_gateway_settings(env),
     )

@@ -49,6 +49,14 @@ LAYERS: dict[str, int] = {
     "waxhouse.runtime": ASSEMBLY,
     "waxhouse.report": ASSEMBLY,
     "waxhouse.monitoring": ASSEMBLY,
+    # The gateway: pure request handling in the core, Kafka and HTTP above the connectors.
+    "waxhouse.gateway.body": CORE,
+    "waxhouse.gateway.limits": CORE,
+    "waxhouse.gateway.routes": CORE,
+    "waxhouse.gateway.metrics": CORE,
+    "waxhouse.gateway": ASSEMBLY,
+    "waxhouse.gateway.producer": ASSEMBLY,
+    "waxhouse.gateway.server": ASSEMBLY,
     "waxhouse.cli": TOP,
     # The package itself is the public facade: the core's names, and `flow` on first use.
     "waxhouse": TOP,
