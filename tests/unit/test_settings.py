@@ -261,3 +261,59 @@ def test_invalid_sensors_settings_fail_naming_the_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=rf"^{variable} must be"):
         load_settings(env)
+
+
+def test_the_gateway_settings_and_their_defaults() -> None:
+    gateway = load_settings({}).gateway
+    assert gateway.listen == "127.0.0.1:8080"
+    assert gateway.tokens == ()
+    assert (gateway.rate_per_token, gateway.cors_origins) == (0.0, ())
+    assert (gateway.max_body_bytes, gateway.ws_max_inflight) == (1024 * 1024, 16)
+    custom = load_settings(
+        {
+            "GATEWAY_LISTEN": "0.0.0.0:9000",
+            "GATEWAY_TOKENS": " a1 , b2,,",
+            "GATEWAY_RATE_PER_TOKEN": "500",
+            "GATEWAY_CORS_ORIGINS": "https://shop.example, https://app.example",
+            "GATEWAY_MAX_BODY_BYTES": "2048",
+            "GATEWAY_WS_MAX_INFLIGHT": "4",
+        }
+    ).gateway
+    assert custom.listen == "0.0.0.0:9000"
+    assert custom.tokens == ("a1", "b2")
+    assert custom.rate_per_token == 500.0
+    assert custom.cors_origins == ("https://shop.example", "https://app.example")
+    assert (custom.max_body_bytes, custom.ws_max_inflight) == (2048, 4)
+
+
+def test_gateway_tokens_from_a_file_never_show_in_repr_or_description(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# one a line\ntok-one\n\n  tok-two  \n")
+    settings = load_settings({"GATEWAY_TOKENS_FILE": str(path)})
+    assert settings.gateway.tokens == ("tok-one", "tok-two")
+    text = repr(settings) + str(settings.describe())
+    assert "tok-one" not in text and "tok-two" not in text
+    assert settings.describe()["gateway_tokens"] == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"GATEWAY_LISTEN": "8080"}, "GATEWAY_LISTEN"),
+        ({"GATEWAY_LISTEN": "host:port"}, "GATEWAY_LISTEN"),
+        ({"GATEWAY_LISTEN": "host:70000"}, "GATEWAY_LISTEN"),
+        ({"GATEWAY_RATE_PER_TOKEN": "-1"}, "GATEWAY_RATE_PER_TOKEN"),
+        ({"GATEWAY_RATE_PER_TOKEN": "lots"}, "GATEWAY_RATE_PER_TOKEN"),
+        ({"GATEWAY_MAX_BODY_BYTES": "0"}, "GATEWAY_MAX_BODY_BYTES"),
+        ({"GATEWAY_WS_MAX_INFLIGHT": "0"}, "GATEWAY_WS_MAX_INFLIGHT"),
+        ({"GATEWAY_MAX_INFLIGHT_EVENTS": "0"}, "GATEWAY_MAX_INFLIGHT_EVENTS"),
+        ({"GATEWAY_ACK_TIMEOUT_SECONDS": "0"}, "GATEWAY_ACK_TIMEOUT_SECONDS"),
+        ({"GATEWAY_TOKENS_FILE": "/nonexistent/tokens"}, "GATEWAY_TOKENS_FILE"),
+        ({"GATEWAY_TOKENS": "a", "GATEWAY_TOKENS_FILE": "/x"}, "GATEWAY_TOKENS"),
+    ],
+)
+def test_invalid_gateway_settings_fail_naming_the_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(env)
