@@ -58,7 +58,13 @@ def declare(window_seconds: float, session_gap_seconds: float) -> Pipeline:
             "exit_page": agg.last("page", by="event_id"),
         },
     )
-    return Pipeline("clickstream", events, key="user_id", tables=[page_stats, user_sessions])
+    return Pipeline(
+        "clickstream",
+        events,
+        key="user_id",
+        tables=[page_stats, user_sessions],
+        dedup=("user_id", "event_id"),  # a client's retry counts once (DEDUP_SECONDS)
+    )
 
 
 def generated(settings: waxhouse.Settings) -> GeneratorSource:

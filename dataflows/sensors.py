@@ -120,6 +120,7 @@ def declare(settings: waxhouse.Settings) -> Pipeline:
         key="device_id",
         join=registry,
         tables=[device_stats, site_stats, device_batches, alerts],
+        dedup=("device_id", "reading_id"),  # a device's resent reading counts once
     )
 
 

@@ -107,7 +107,7 @@ def flow(
     args = bytewax_run_args()
     running = args is not None
     try:
-        compiled = pipeline.compile(settings.lateness_ms)
+        compiled = pipeline.compile(settings.lateness_ms, settings.dedup_ms)
     except PipelineError as e:
         if not running:
             raise
@@ -160,7 +160,7 @@ def build_dataflow(
     if isinstance(pipeline, CompiledPipeline):
         compiled, pipeline = pipeline, pipeline.pipeline
     else:
-        compiled = pipeline.compile(settings.lateness_ms)
+        compiled = pipeline.compile(settings.lateness_ms, settings.dedup_ms)
     notify = dict(notify or {})
     for name in notify:
         table = compiled.tables.get(name)
@@ -563,16 +563,20 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
             if state.watermark >= 0:  # the partition has seen an event
                 WATERMARK_LAG.publish(state.part, state.watermark / 1000)
         if out.dead_letters:
-            _count_late(out.dead_letters)
+            _count_dead(out.dead_letters)
         for table, rows in out.tables.items():
             if rows:
                 WINDOW_ROWS.labels(table=table).inc(len(rows))
         return [out] if out else []
 
 
-def _count_late(dead_letters: list[DeadLetterRow]) -> None:
-    """Late dead letters, and per table the late events that missed it (one batch's
-    worth; their `error` names the tables: `missed page_stats, user_sessions`)."""
+def _count_dead(dead_letters: list[DeadLetterRow]) -> None:
+    """The dead letters the tables' step decides (duplicates and late events), and per
+    table the late events that missed it (one batch's worth; their `error` names the
+    tables: `missed page_stats, user_sessions`)."""
+    duplicates = sum(row.reason == "duplicate" for row in dead_letters)
+    if duplicates:
+        DEAD_LETTERS.labels(reason="duplicate").inc(duplicates)
     late = [row.error for row in dead_letters if row.reason == "late"]
     if not late:
         return

@@ -38,10 +38,12 @@ from typing import Any, Protocol
 
 from waxhouse import fields
 from waxhouse.aggregates import Aggregate, Where
+from waxhouse.dedup import DedupState
 from waxhouse.errors import WaxhouseError
 from waxhouse.joins import JoinState, ReferenceUpdate
 from waxhouse.records import record_source
 from waxhouse.rows import DeadLetterRow, RowBatch
+from waxhouse.segments import Segment, as_segment
 from waxhouse.tables import CountWindow, Episodes, Session, Sliding, Table, Tumbling
 
 NO_WATERMARK = -(2**62)
@@ -901,48 +903,6 @@ def _generate(compiled: CompiledTable, code: _TableCode, schema: SchemaLike) -> 
 # State, one per table and source partition
 
 
-SEGMENT_BYTES = 64 * 1024
-"""A segment this large is sealed: never changed again, so it can be kept by reference.
-Changes smaller than this are merged into the log's last segment instead."""
-
-
-class Segment:
-    """Part of a key log (`KeyedState`): pickled keys that never change once the segment
-    is sealed (`SEGMENT_BYTES` or more; a new one is started then).
-
-    Pickled plainly, it is its bytes. A flow with recovery pickles snapshots with
-    `waxhouse.snapshots`, which writes each sealed segment to a file once and from then on
-    puts only its `name` in the snapshot. Windows (`WindowState`) are kept as plain bytes:
-    an open window changes in every epoch whose events reach it, and would be a new file
-    each time.
-    """
-
-    __slots__ = ("data", "name")
-
-    def __init__(self, data: bytes, name: str | None = None) -> None:
-        self.data = data
-        self.name = name
-
-    @classmethod
-    def of(cls, value: object) -> Segment:
-        return cls(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-
-    @property
-    def sealed(self) -> bool:
-        return len(self.data) >= SEGMENT_BYTES
-
-    def load(self) -> Any:
-        return pickle.loads(self.data)
-
-    def __reduce__(self) -> tuple[type[Segment], tuple[bytes]]:
-        return Segment, (self.data,)
-
-
-def _segment(blob: Segment | bytes) -> Segment:
-    """A segment from a snapshot, also from one written before segments (plain bytes)."""
-    return blob if isinstance(blob, Segment) else Segment(blob)
-
-
 class TableState:
     """A table's open windows in one source partition. Subclasses per window kind.
 
@@ -1079,7 +1039,7 @@ class KeyedState(TableState):
 
     def decode(self, data: list[Segment | bytes]) -> None:
         keys: dict[Any, list] = {}
-        segments = [_segment(blob) for blob in data]
+        segments = [as_segment(blob) for blob in data]
         entries = 0
         for blob in segments:
             segment = blob.load()
@@ -1335,6 +1295,7 @@ class PartitionState:
         tables: list[CompiledTable],
         time_index: int,
         join: JoinState | None = None,
+        dedup: DedupState | None = None,
     ) -> None:
         self.part = part
         self.time_index = time_index
@@ -1342,9 +1303,11 @@ class PartitionState:
         self.max_event_ts: int | None = None
         self.watermark = NO_WATERMARK
         self.join = join  # events wait in it for their reference version
+        self.dedup = dedup  # the identities counted lately, to tell copies by
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"join": None, **state})  # snapshots from before joins
+        # Snapshots from before joins and deduplication have neither.
+        self.__dict__.update({"join": None, "dedup": None, **state})
 
     def bind(self, tables: Mapping[str, CompiledTable]) -> None:
         """Attach the compiled tables again after a restore; a table the snapshot lacks
@@ -1378,6 +1341,10 @@ class PartitionState:
 
     def _count(self, events: list[tuple]) -> RowBatch:
         out = RowBatch()
+        if self.dedup is not None and events:
+            events, copies = self.dedup.split(events, self.watermark)
+            error = self.dedup.error
+            out.dead_letters.extend(self._dead(event, "duplicate", error) for event in copies)
         if not events:
             return self._close(out)
         time = self.time_index
@@ -1392,7 +1359,7 @@ class PartitionState:
             for i in late:
                 missed.setdefault(i, []).append(state.table)
         for i in sorted(missed):
-            out.dead_letters.append(self._late(events[i], ", ".join(missed[i])))
+            out.dead_letters.append(self._dead(events[i], "late", f"missed {', '.join(missed[i])}"))
         newest = max(times)
         if self.max_event_ts is None or newest > self.max_event_ts:
             self.max_event_ts = newest
@@ -1416,11 +1383,11 @@ class PartitionState:
             state.flush(out.rows(state.table))
         return out
 
-    def _late(self, event: tuple, missed: str) -> DeadLetterRow:
+    def _dead(self, event: tuple, reason: str, error: str) -> DeadLetterRow:
         return DeadLetterRow(
             source=record_source(self.part, event[_OFFSET]),
-            reason="late",
-            error=f"missed {missed}",
+            reason=reason,
+            error=error,
             payload=event[_PAYLOAD],
             received_at_ms=event[_RECEIVED_AT],
         )

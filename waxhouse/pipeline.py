@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from waxhouse.dedup import DedupState
 from waxhouse.engine import CompiledTable, PartitionState, PipelineError, compile_table
 from waxhouse.fields import Schema
 from waxhouse.joins import Enriched, JoinError, JoinState, TemporalJoin
@@ -39,6 +40,11 @@ class Pipeline:
     `join`: a `TemporalJoin` whose fields every event gains, from the reference version
     valid at its time, before the tables see it (`waxhouse.joins`); the tables can then
     key by and aggregate those fields too.
+
+    `dedup`: the fields that identify an event (`("user_id", "event_id")`): a later copy
+    of an event counted within `dedup_horizon` of the partition's watermark is a dead
+    letter `duplicate` and counts nowhere (`waxhouse.dedup`). None takes `DEDUP_SECONDS`
+    as the horizon when the flow is built. Without `dedup`, every valid record counts.
     """
 
     def __init__(
@@ -50,6 +56,8 @@ class Pipeline:
         tables: Sequence[Table],
         lateness: Duration | None = None,
         join: TemporalJoin | None = None,
+        dedup: Sequence[str] = (),
+        dedup_horizon: Duration | None = None,
     ) -> None:
         if not name.isidentifier():
             raise PipelineError(f"pipeline name {name!r}: letters, digits and _ only")
@@ -90,18 +98,37 @@ class Pipeline:
         self.key = key
         self.tables = tuple(tables)
         self.lateness_ms = None if lateness is None else to_ms(lateness, "lateness", zero=True)
+        if isinstance(dedup, str):
+            raise PipelineError(f"{name}: dedup is a list of field names, got {dedup!r}")
+        for field_name in dedup:
+            if field_name not in schema.names:
+                raise PipelineError(f"{name}: dedup: {field_name!r} is not a field of the schema")
+        if len(set(dedup)) != len(dedup):
+            raise PipelineError(f"{name}: dedup: a field is named twice in {list(dedup)}")
+        if dedup_horizon is not None and not dedup:
+            raise PipelineError(f"{name}: dedup_horizon without dedup fields")
+        self.dedup = tuple(dedup)
+        self.dedup_ms = (
+            None if dedup_horizon is None else to_ms(dedup_horizon, "dedup_horizon", zero=True)
+        )
 
-    def compile(self, default_lateness_ms: int = 0) -> CompiledPipeline:
-        """Every table compiled against the schema; `PipelineError` on the first problem."""
+    def compile(
+        self, default_lateness_ms: int = 0, default_dedup_ms: int = 600_000
+    ) -> CompiledPipeline:
+        """Every table compiled against the schema; `PipelineError` on the first problem.
+        The defaults are `ALLOWED_LATENESS_SECONDS` and `DEDUP_SECONDS` in milliseconds."""
         lateness_ms = self.lateness_ms if self.lateness_ms is not None else default_lateness_ms
         if lateness_ms < 0:
             raise PipelineError(f"{self.name}: lateness must not be negative")
+        dedup_ms = self.dedup_ms if self.dedup_ms is not None else default_dedup_ms
+        if dedup_ms < 0:
+            raise PipelineError(f"{self.name}: the deduplication horizon must not be negative")
         read = self.enriched if self.enriched is not None else self.schema
         tables = {
             table.name: compile_table(table, read, lateness_ms=lateness_ms, kafka_key=self.key)
             for table in self.tables
         }
-        return CompiledPipeline(self, lateness_ms, tables)
+        return CompiledPipeline(self, lateness_ms, tables, dedup_ms)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, tables={[t.name for t in self.tables]})"
@@ -114,6 +141,7 @@ class CompiledPipeline:
     pipeline: Pipeline
     lateness_ms: int
     tables: dict[str, CompiledTable]
+    dedup_ms: int = 600_000
 
     @property
     def schema(self) -> Schema:
@@ -132,7 +160,11 @@ class CompiledPipeline:
                 self.schema.index(pipeline.join.on),
                 pipeline.enriched.event_type,
             )
-        return PartitionState(part, list(self.tables.values()), self.schema.time_index, join)
+        dedup = None
+        if pipeline.dedup:
+            identity = [self.schema.index(name) for name in pipeline.dedup]
+            dedup = DedupState(identity, pipeline.dedup, self.schema.time_index, self.dedup_ms)
+        return PartitionState(part, list(self.tables.values()), self.schema.time_index, join, dedup)
 
     def restore(self, state: PartitionState) -> PartitionState:
         """A snapshot's state, its compiled tables attached again."""

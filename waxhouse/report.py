@@ -13,7 +13,7 @@ from waxhouse.settings import Settings, mask_url
 
 logger = logging.getLogger(__name__)
 
-_REASONS = ("invalid_json", "invalid_event", "future", "late")
+_REASONS = ("invalid_json", "invalid_event", "future", "duplicate", "late")
 
 
 def _metric(name: str, labels: dict[str, str] | None = None) -> int:
@@ -43,12 +43,14 @@ class RunReport:
             reason: _metric("waxhouse_dead_letters_total", {"reason": reason})
             for reason in _REASONS
         }
-        # Late events are among the valid ones; the other reasons are records of their own.
-        # A join's reference versions are records too (its tombstones are not counted).
+        # Duplicates and late events are among the parsed events; the other reasons are
+        # records of their own. A join's reference versions are records too (its tombstones
+        # are not counted).
         versions = (
             _metric("waxhouse_reference_versions_total", {"join": self._join}) if self._join else 0
         )
-        records = events + versions + sum(n for reason, n in rejected.items() if reason != "late")
+        records = events + versions
+        records += sum(n for reason, n in rejected.items() if reason not in ("duplicate", "late"))
         counts = {
             table: client.command(f"SELECT count() FROM {table}")  # noqa: S608 - fixed names
             for table in self._tables

@@ -36,8 +36,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from waxhouse.engine import Segment
 from waxhouse.errors import WaxhouseError
+from waxhouse.segments import Segment
 
 logger = logging.getLogger(__name__)
 

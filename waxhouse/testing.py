@@ -61,6 +61,7 @@ def run(
     topic: str = "events",
     batch_size: int = 500,
     lateness_ms: int = 0,
+    dedup_ms: int = 600_000,
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
     replay_every: int | None = None,
     segments: Path | None = None,
@@ -69,13 +70,17 @@ def run(
 ) -> Result:
     """The final rows and dead letters of `records` through `pipeline` (bounded mode).
 
-    `lateness_ms` applies when the pipeline declares none. Partitions are read one after
+    `lateness_ms` and `dedup_ms` (the deduplication horizon) apply when the pipeline
+    declares none. Partitions are read one after
     the other: a partition's results depend only on its own records. A pipeline with a
     join reads the `reference` records (topic `reference_topic`, default the join's name)
     too, its batches and each partition's interleaved by their records' timestamps (the
     time they arrived), and at the end the reference as read to its end.
     """
-    compiled = pipeline if isinstance(pipeline, CompiledPipeline) else pipeline.compile(lateness_ms)
+    if isinstance(pipeline, CompiledPipeline):
+        compiled = pipeline
+    else:
+        compiled = pipeline.compile(lateness_ms, dedup_ms)
     join = compiled.pipeline.join
     by_partition: dict[int, list[Record]] = {}
     for record in records:

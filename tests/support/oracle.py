@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -18,6 +19,7 @@ from waxhouse.connectors.generator import GeneratedRecord
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 WINDOW_MS, GAP_MS = 60_000, 1_800_000
 MAX_FUTURE_MS = 3_600_000
+DEDUP_MS = 600_000
 
 TYPES = ("page_view", "click", "add_to_cart", "purchase")
 
@@ -86,10 +88,17 @@ def oracle(
     window_ms: int = WINDOW_MS,
     gap_ms: int = GAP_MS,
     max_future_ms: int = MAX_FUTURE_MS,
+    dedup_ms: int = DEDUP_MS,
+    partition_of: Mapping[int, int] | None = None,
 ) -> Expected:
+    """The clickstream's final rows and dead letters, the records read in order, each in
+    partition `partition_of[n]` (default: one partition). Lateness is not modelled: the
+    generator's records are never late."""
     windows: dict[tuple[int, str], list[dict]] = defaultdict(list)
     users: dict[str, list[dict]] = defaultdict(list)
     dead: dict[int, tuple[str, str, bytes]] = {}
+    watermark: dict[int, int] = {}
+    counted: dict[tuple[int, str, str], int] = {}  # largest ts counted per identity
     for record in records:
         try:
             event = oracle_event(record.value)
@@ -99,6 +108,15 @@ def oracle(
         if record.timestamp_ms >= 0 and event["ts"] > record.timestamp_ms + max_future_ms:
             dead[record.n] = ("future", "", record.value)  # a skewed clock: counts nowhere
             continue
+        partition = 0 if partition_of is None else partition_of[record.n]
+        mark = watermark.get(partition)
+        identity = (partition, event["user_id"], event["event_id"])
+        earlier = counted.get(identity)
+        if earlier is not None and mark is not None and earlier >= mark - dedup_ms:
+            dead[record.n] = ("duplicate", "", record.value)  # a retry: counted once
+            continue
+        counted[identity] = event["ts"] if earlier is None else max(earlier, event["ts"])
+        watermark[partition] = event["ts"] if mark is None else max(mark, event["ts"])
         windows[(event["ts"] // window_ms * window_ms, event["page"])].append(event)
         users[event["user_id"]].append(event)
     page_stats = []

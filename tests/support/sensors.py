@@ -7,6 +7,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from tests.support.retries import with_retries
 from tests.support.sensors_oracle import Raw, SensorsSettings
 from waxhouse.connectors.generator import GeneratedRecord
 from waxhouse.connectors.sensors_generator import (
@@ -39,9 +40,17 @@ def spread(generated: list[GeneratedRecord], partitions: int) -> Stream:
 
 
 def generated(
-    config: SensorsConfig, partitions: int = 3, registry_partitions: int = 2
+    config: SensorsConfig,
+    partitions: int = 3,
+    registry_partitions: int = 2,
+    *,
+    retries_ms: int | None = None,
 ) -> tuple[Stream, Stream]:
+    """`retries_ms`: with readings sent again, as devices do, around a deduplication
+    horizon of that many milliseconds (`tests.support.retries`)."""
     readings = ReadingsGenerator(config).take(config.events)
+    if retries_ms is not None:
+        readings = with_retries(readings, horizon_ms=retries_ms, seed=config.seed)
     registry = RegistryGenerator(config)
     versions = registry.take(10**9)
     return spread(readings, partitions), spread(versions, registry_partitions)
@@ -56,4 +65,5 @@ def oracle_settings(settings: Settings) -> SensorsSettings:
         slide_ms=settings.sensor_slide_seconds * 1000,
         batch_size=settings.sensor_batch_size,
         alert_readings=settings.alert_readings,
+        dedup_ms=settings.dedup_ms,
     )

@@ -32,6 +32,7 @@ class SensorsSettings:
     slide_ms: int = 60_000
     batch_size: int = 100
     alert_readings: int = 3
+    dedup_ms: int = 600_000
 
 
 @dataclass
@@ -157,6 +158,7 @@ def sensors_oracle(
     in_order: dict[str, list[dict]] = defaultdict(list)  # device_batches: offset order
     for_alerts: dict[str, list[dict]] = defaultdict(list)
     watermark: dict[int, int] = {}
+    counted: dict[tuple[int, str, str], int] = {}  # largest ts counted per identity
     for partition, offset, record_ts, raw in readings:
         source = f"{topic}/{partition}/{offset}"
         try:
@@ -169,6 +171,12 @@ def sensors_oracle(
             out.dead_letters[source] = ("future", "")
             continue
         mark = watermark.get(partition)
+        identity = (partition, reading["device_id"], reading["reading_id"])
+        earlier = counted.get(identity)
+        if earlier is not None and mark is not None and earlier >= mark - s.dedup_ms:
+            out.dead_letters[source] = ("duplicate", "")
+            continue
+        counted[identity] = ts if earlier is None else max(earlier, ts)
         watermark[partition] = ts if mark is None else max(mark, ts)
         reading["partition"] = partition
         _enrich(reading, versions)

@@ -17,7 +17,8 @@ from waxhouse.connectors.sensors_generator import SensorsConfig
 from waxhouse.settings import Settings
 from waxhouse.testing import Record, Result, run
 
-SETTINGS = Settings()
+# A horizon the generated minutes of readings outlast: some readings sent again count again.
+SETTINGS = Settings(dedup_seconds=60)
 
 
 def pipeline() -> Pipeline:
@@ -37,6 +38,7 @@ def run_sensors(readings: list[Record], registry: list[Record], **options: Any) 
         reference=registry,
         reference_topic="devices",
         lateness_ms=SETTINGS.lateness_ms,
+        dedup_ms=SETTINGS.dedup_ms,
         **options,
     )
 
@@ -63,11 +65,12 @@ def _comparable(row: dict[str, Any]) -> tuple:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_generated_readings_match_the_oracle(seed: int) -> None:
+    """With readings sent again, soon (duplicates) and long after (counted again)."""
     config = SensorsConfig(seed=seed, events=12_000, devices=40, sites=5)
-    readings, registry = generated(config)
+    readings, registry = generated(config, retries_ms=SETTINGS.dedup_ms)
     expected = sensors_oracle(readings.raw, registry.raw, oracle_settings(SETTINGS))
     assert expected.alerts and expected.device_batches  # the input exercises every table
-    assert {"late", "invalid_event", "invalid_json"} <= {
+    assert {"late", "invalid_event", "invalid_json", "duplicate"} <= {
         r for r, _ in expected.dead_letters.values()
     }
     result = run_sensors(readings.records, registry.records)
@@ -76,7 +79,7 @@ def test_generated_readings_match_the_oracle(seed: int) -> None:
 
 def test_replays_from_snapshots_change_nothing() -> None:
     config = SensorsConfig(seed=3, events=6_000, devices=20, sites=4)
-    readings, registry = generated(config)
+    readings, registry = generated(config, retries_ms=SETTINGS.dedup_ms)
     expected = sensors_oracle(readings.raw, registry.raw, oracle_settings(SETTINGS))
     result = run_sensors(readings.records, registry.records, replay_every=3, batch_size=200)
     assert_matches(result, expected)

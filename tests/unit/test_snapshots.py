@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from waxhouse import Pipeline, Schema, Table, agg, fields
-from waxhouse.engine import SEGMENT_BYTES, PartitionState
+from waxhouse.engine import PartitionState
 from waxhouse.pipeline import CompiledPipeline
 from waxhouse.records import InputBatch
 from waxhouse.rows import RowBatch
+from waxhouse.segments import SEGMENT_BYTES
 from waxhouse.snapshots import MissingSegmentError, SegmentFiles, folder_name, keep_seconds
 from waxhouse.tables import count, minutes, session, sliding, tumbling
 from waxhouse.testing import Record, run

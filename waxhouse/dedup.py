@@ -1,0 +1,172 @@
+"""Deduplication: a copy of an event that a partition already counted counts once.
+
+The contract's rule, per source partition: a valid event whose identity (a pipeline's
+`dedup` fields, e.g. `user_id` and `event_id`) equals that of an earlier counted event of
+the partition is a dead letter `duplicate` when the earlier one's event time is at least
+the partition's watermark when the copy arrives minus the horizon (`DEDUP_SECONDS`). So a
+client that retries a batch it already sent, within the horizon, counts its events once.
+
+Counted means on time or late: late events are remembered too. Copies are not: they are
+dead letters, not events. Copies, like every dead letter, do not move the watermark.
+
+What is remembered is compact: per identity, a 64-bit hash (xxh3, stable across
+processes and platforms, so a snapshot restores anywhere) and the largest event time
+counted with it; never the strings. In a snapshot that is 16 bytes per event, in chunks
+of `CHUNK_EVENTS` in arrival order: a full chunk is a sealed `Segment`, which a flow with
+recovery writes to a file once. A chunk is dropped once the watermark minus the horizon
+has passed every event time in it. Two different identities with equal hashes would make
+the later a duplicate: with n identities remembered, the chance that a new one collides is
+n / 2**64 (a partition remembering ten million: one in 1.8 trillion events).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import xxhash
+
+from waxhouse.segments import Segment
+
+__all__ = ["CHUNK_EVENTS", "DedupState", "identity_bytes"]
+
+CHUNK_EVENTS = 4096
+"""Remembered events per chunk: 16 bytes each, so a full chunk is a sealed `Segment`."""
+
+_digest = xxhash.xxh3_64_intdigest
+
+
+def identity_bytes(indexes: Sequence[int]) -> Callable[[tuple], bytes]:
+    """The identity of an event, from the values at `indexes`, as bytes to hash: each value
+    but the last prefixed with its length, so that no two identities give the same bytes
+    (`("ab", "c")` is `2:abc`, `("a", "bc")` is `1:abc`)."""
+    if not indexes:
+        raise ValueError("an identity needs at least one field")
+    if len(indexes) == 1:
+        (only,) = indexes
+        return lambda event: str(event[only]).encode()
+    if len(indexes) == 2:
+        first, second = indexes
+        return lambda event: f"{len(head := str(event[first]))}:{head}{event[second]}".encode()
+    *heads, last = indexes
+
+    def identity(event: tuple) -> bytes:
+        parts = [str(event[i]) for i in heads]
+        return ("".join(f"{len(part)}:{part}" for part in parts) + str(event[last])).encode()
+
+    return identity
+
+
+class DedupState:
+    """One source partition's remembered identities; see the module docstring.
+
+    `identity`: the positions of the identity fields in an event, `names` their names;
+    `time_index`: the event time's; `horizon_ms`: how far behind the watermark an earlier
+    event may be and still make a copy a duplicate.
+    """
+
+    def __init__(
+        self, identity: Sequence[int], names: Sequence[str], time_index: int, horizon_ms: int
+    ) -> None:
+        self.identity = tuple(identity)
+        self.names = tuple(names)
+        self.time_index = time_index
+        self.horizon_ms = horizon_ms
+        self.seen: dict[int, int] = {}  # identity hash -> largest event time counted
+        self._hashes: array[int] = array("Q")  # the open chunk, in arrival order
+        self._times: array[int] = array("q")
+        self._chunks: deque[tuple[int, Segment]] = deque()  # (largest time, sealed chunk)
+        self._key = identity_bytes(self.identity)
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    @property
+    def error(self) -> str:
+        """A duplicate's dead-letter error."""
+        return (
+            f"{', '.join(self.names)}: as an earlier record of this partition, within"
+            f" {self.horizon_ms / 1000:g} s of its watermark"
+        )
+
+    def split(self, events: list[tuple], watermark: int) -> tuple[list[tuple], list[tuple]]:
+        """`events` (in partition order, arriving at `watermark`) -> (the events to count,
+        the duplicates). Remembers the events to count."""
+        seen, get, key, digest = self.seen, self.seen.get, self._key, _digest
+        time, horizon = self.time_index, self.horizon_ms
+        remember_hash, remember_time = self._hashes.append, self._times.append
+        kept: list[tuple] = []
+        copies: list[tuple] = []
+        for event in events:
+            h = digest(key(event))
+            earlier = get(h)
+            if earlier is not None and earlier >= watermark - horizon:
+                copies.append(event)
+                continue
+            ts = event[time]
+            seen[h] = ts if earlier is None or ts > earlier else earlier
+            remember_hash(h)
+            remember_time(ts)
+            if ts > watermark:
+                watermark = ts
+            kept.append(event)
+        self._seal()
+        self.forget(watermark)
+        return kept, copies
+
+    def forget(self, watermark: int) -> None:
+        """Drop the chunks whose every event time is behind `watermark` minus the horizon:
+        no copy arriving from now on can be a duplicate of them."""
+        limit = watermark - self.horizon_ms
+        chunks, seen = self._chunks, self.seen
+        while chunks and chunks[0][0] < limit:
+            _, chunk = chunks.popleft()
+            hashes, _times = _unpack(chunk.load())
+            for h in hashes:
+                if seen.get(h, limit) < limit:
+                    del seen[h]
+
+    def _seal(self) -> None:
+        hashes, times = self._hashes, self._times
+        if len(hashes) < CHUNK_EVENTS:
+            return
+        for start in range(0, len(hashes) - CHUNK_EVENTS + 1, CHUNK_EVENTS):
+            end = start + CHUNK_EVENTS
+            chunk = (hashes[start:end].tobytes(), times[start:end].tobytes())
+            self._chunks.append((max(times[start:end]), Segment.of(chunk)))
+        rest = len(hashes) - len(hashes) % CHUNK_EVENTS
+        del hashes[:rest]
+        del times[:rest]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "names": self.names,
+            "time_index": self.time_index,
+            "horizon_ms": self.horizon_ms,
+            "chunks": list(self._chunks),
+            "open": (self._hashes.tobytes(), self._times.tobytes()),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["identity"], state["names"], state["time_index"], state["horizon_ms"]
+        )
+        self._chunks = deque(state["chunks"])
+        self._hashes, self._times = _unpack(state["open"])
+        seen = self.seen
+        chunks = [_unpack(chunk.load()) for _, chunk in self._chunks]
+        for hashes, times in [*chunks, (self._hashes, self._times)]:
+            for h, ts in zip(hashes, times, strict=True):
+                earlier = seen.get(h)
+                if earlier is None or ts > earlier:
+                    seen[h] = ts
+
+
+def _unpack(chunk: tuple[bytes, bytes]) -> tuple[array[int], array[int]]:
+    hashes, times = array("Q"), array("q")
+    hashes.frombytes(chunk[0])
+    times.frombytes(chunk[1])
+    return hashes, times
