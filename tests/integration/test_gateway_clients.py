@@ -258,13 +258,19 @@ def test_a_page_from_an_allowed_origin_sends_by_fetch_and_websocket(
                 " return acks;"
                 "})()"
             )
+            refused = await page.evaluate(
+                "new EventSocket("
+                '  WAXHOUSE_GATEWAY.replace(/^http/, "ws") + "/v1/events/ws", "not-a-token")'
+                f".send({json.dumps(clicks(1))}).then(ack => 'acked', error => error.message)"
+            )
             answer = await evaluate_usage(page, "fetch, in use", "answer")
             ack = await evaluate_usage(page, "WebSocket, in use", "ack")
-            return by_fetch, acks, answer, ack, page.console
+            return by_fetch, acks, refused, answer, ack, page.console
 
-    by_fetch, acks, answer, ack, console = run(scenario())
+    by_fetch, acks, refused, answer, ack, console = run(scenario())
     assert by_fetch == {"accepted": 50, "rejected": []}, console
     assert acks == [{"ack": n + 1, "accepted": 25, "rejected": []} for n in range(40)], console
+    assert refused == "WebSocket closed: unauthorized"  # not retried: the token is wrong
     assert answer == {"accepted": 1, "rejected": []}
     assert ack == {"ack": 1, "accepted": 1, "rejected": []}
     assert_stored_once(kafka_bootstrap, topics.events, batch)
