@@ -1,5 +1,6 @@
 """The alert rules: valid, passing their promtool unit tests, the same in both copies, and
-on the flow's metrics only (as `waxhouse.monitoring` reads a query's metric names).
+on the flow's and the gateway's metrics only (as `waxhouse.monitoring` reads a query's
+metric names).
 
 `promtool` comes from Debian's `prometheus` package, which `.ci/run` installs: in CI a
 missing `promtool` fails these tests, elsewhere it skips them with the install command.
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-import waxhouse.connectors.metrics  # noqa: F401  (registers the flow's metrics)
+# Imported for what they register: the flow's metrics, and the gateway's.
+import waxhouse.connectors.metrics
+import waxhouse.gateway.metrics  # noqa: F401
 from waxhouse.monitoring import (
     PROMETHEUS_RULE_PATH,
     REPO,
@@ -44,6 +47,8 @@ ALERTS = {
     "SinkRetriesSustained",
     "WatermarkStalled",
     "JoinStalled",  # a flow with a temporal join: the sensors flow
+    "GatewayErrors",  # the ingestion gateway (`waxhouse gateway`)
+    "GatewayAckLatencyHigh",
 }
 SEVERITIES = {"warning", "critical"}
 
@@ -146,11 +151,16 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
     assert stays_quiet == ALERTS
 
 
-def test_rules_use_only_metrics_the_flow_serves() -> None:
+def test_rules_use_only_metrics_the_flow_or_the_gateway_serves() -> None:
     types = exposition_types(generate_latest(REGISTRY).decode())
     used = {name for rule in alert_rules() for name in promql_metric_names(rule["expr"])}
     assert used, "the rules select none of the flow's metrics"
     assert {name for name in used if served_family(name, types) is None} == set()
+    gateway = {name for name in used if name.startswith("waxhouse_gateway_")}
+    assert {served_family(name, types) for name in gateway} == {
+        "waxhouse_gateway_requests_total",
+        "waxhouse_gateway_ack_seconds",
+    }
 
 
 def test_promql_metric_names_finds_selectors_not_label_values_or_comments() -> None:
