@@ -35,12 +35,15 @@ KUSTOMIZATIONS = (
     "overlays/replicated-clickhouse",
     "overlays/shared-recovery",
     "overlays/sensors",
+    "gateway",
     "monitoring",
 )
 KUBERNETES_VERSION = "1.34.0"
 NAMESPACE = "waxhouse"
 SECRET = "waxhouse-credentials"
 FLOW_CONTAINER = "clickstream"
+GATEWAY = "gateway"  # k8s/gateway: Deployment, Service, HPA and budget of this name
+GATEWAY_TOKENS_SECRET = "waxhouse-gateway-tokens"
 
 # Kinds that are not built into Kubernetes (their schemas come with their operators), and
 # kustomize's own files: checked by structure instead.
@@ -54,8 +57,9 @@ KUSTOMIZE_KINDS = {"Kustomization", "Component"}
 NOT_OBJECTS = {K8S / "waxctl" / "values.yaml"}
 WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 
-# Keys the flow must never get from a ConfigMap or a command line.
-SECRET_KEY = re.compile(r"^CLICKHOUSE_URL$|PASSWORD|USERNAME|SECRET|TOKEN")
+# Keys the flow must never get from a ConfigMap or a command line. Not secrets: a `_FILE`
+# key, the path of a mounted secret (GATEWAY_TOKENS_FILE), and a limit `PER_TOKEN`.
+SECRET_KEY = re.compile(r"^CLICKHOUSE_URL$|PASSWORD|USERNAME|SECRET|(?<!PER_)TOKEN(?!S?_FILE$)")
 # The settings module reads the environment as `_text(env, "NAME")`, `_int(env, "NAME", …)`.
 SETTING_READ = re.compile(r"\(\s*env\s*,\s*\"([A-Z][A-Z0-9_]*)\"")
 
@@ -415,7 +419,7 @@ def test_metrics_endpoint_is_served_where_it_is_probed_and_scraped(
     scratch = {v["name"] for v in pod_spec(statefulset)["volumes"] if "emptyDir" in v}
     writable = {m["mountPath"] for m in container["volumeMounts"] if m["name"] in scratch}
     assert config["BYTEWAX_DATAFLOW_API_CACHE_PATH"] in writable
-    monitor = find(built["monitoring"], "PodMonitor")
+    monitor = find(built["monitoring"], "PodMonitor", "waxhouse")
     assert monitor["metadata"]["namespace"] == statefulset["metadata"]["namespace"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(statefulset).items()
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
@@ -587,6 +591,166 @@ def test_images_are_pinned(built: dict[str, list[dict[str, Any]]]) -> None:
             assert is_pinned(container["image"]), f"{where}: image {container['image']}"
             images.add(container["image"])
     assert len(images) == 1, f"one image for the flow and the schema Job: {images}"
+
+
+# ---------------------------------------------------------------- the gateway
+
+
+@pytest.fixture(scope="module")
+def gateway(built: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return built["gateway"]
+
+
+@pytest.fixture(scope="module")
+def deployment(gateway: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(gateway, "Deployment", GATEWAY)
+
+
+def gateway_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = pod_spec(deployment)["containers"]
+    assert container["name"] == GATEWAY
+    return container
+
+
+def gateway_environment(
+    built: dict[str, list[dict[str, Any]]], deployment: dict[str, Any]
+) -> dict[str, str]:
+    """The gateway's environment as its pods get it: the ConfigMaps it names in order (the
+    base's, then its own) and the example Secret's keys, each later one winning."""
+    env: dict[str, str] = {}
+    everything = [r for resources in built.values() for r in resources]
+    for source in gateway_container(deployment)["envFrom"]:
+        if "configMapRef" in source:
+            name = source["configMapRef"]["name"]
+            maps = {r["metadata"]["name"]: r for r in everything if r["kind"] == "ConfigMap"}
+            assert name in maps, f"the gateway reads ConfigMap {name}, which nothing creates"
+            env.update(maps[name]["data"])
+        else:
+            assert source["secretRef"]["name"] == SECRET
+            example = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())
+            env.update({k: v for k, v in example["stringData"].items() if k != "CLICKHOUSE_URL"})
+    return env
+
+
+def test_gateway_is_a_stateless_deployment_that_an_hpa_scales_on_cpu(
+    gateway: list[dict[str, Any]], deployment: dict[str, Any]
+) -> None:
+    # The HPA owns the replica count: a `replicas` field would reset it on every apply.
+    assert "replicas" not in deployment["spec"]
+    hpa = find(gateway, "HorizontalPodAutoscaler", GATEWAY)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"], "several replicas"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    target = metric["resource"]["target"]
+    assert target["type"] == "Utilization" and 0 < target["averageUtilization"] < 100
+    # Utilization is measured against the CPU request, so there must be one.
+    assert quantity(gateway_container(deployment)["resources"]["requests"]["cpu"]) > 0
+    # Stateless: nothing persistent is mounted, and a rollout never drops capacity.
+    for volume in pod_spec(deployment)["volumes"]:
+        assert volume.keys() & {"emptyDir", "secret"}, f"gateway volume {volume['name']}"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    budget = find(gateway, "PodDisruptionBudget", GATEWAY)
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert budget["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
+    spread = pod_spec(deployment)["topologySpreadConstraints"]
+    for constraint in spread:
+        assert constraint["labelSelector"] == deployment["spec"]["selector"]
+
+
+def test_gateway_is_probed_and_served_on_the_port_it_listens_on(
+    built: dict[str, list[dict[str, Any]]],
+    gateway: list[dict[str, Any]],
+    deployment: dict[str, Any],
+) -> None:
+    container = gateway_container(deployment)
+    assert container["args"] == ["waxhouse", "gateway"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    host, _, port = gateway_environment(built, deployment)["GATEWAY_LISTEN"].rpartition(":")
+    assert host == "0.0.0.0", "the pod's address, not only its loopback"
+    assert ports == {"http": int(port)}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    for probe in ("startupProbe", "livenessProbe"):
+        # Liveness is the process only: Kafka being down must not restart the gateway.
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    service = find(gateway, "Service", GATEWAY)
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"].get("clusterIP") != "None", "one address that balances over pods"
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    monitor = find(built["monitoring"], "PodMonitor", "waxhouse-gateway")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(
+        find(built["base"], "StatefulSet")
+    ).items(), "the gateway's PodMonitor would scrape the flow too"
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert {"targetLabel": "job", "replacement": "waxhouse-gateway"} in endpoint["relabelings"]
+    rules = find(built["monitoring"], "PrometheusRule")
+    alerts = {r.get("alert") for g in rules["spec"]["groups"] for r in g["rules"]}
+    assert {"GatewayErrors", "GatewayAckLatencyHigh"} <= alerts
+
+
+def test_gateway_writes_the_topics_the_flows_read_with_their_kafka_settings(
+    built: dict[str, list[dict[str, Any]]],
+    deployment: dict[str, Any],
+    config: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    from waxhouse.settings import load_settings
+
+    env = gateway_environment(built, deployment)
+    known = settings_names()
+    unknown = [name for name in env if not is_known_setting(name, known)]
+    assert not unknown, f"not read by waxhouse/settings.py: {unknown}"
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC"):
+        assert env[name] == config[name], name
+    sensors = find(built["overlays/sensors"], "ConfigMap", "waxhouse-sensors-config")["data"]
+    assert env["SENSORS_TOPIC"] == sensors["SENSORS_TOPIC"]
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == sensors["KAFKA_BOOTSTRAP_SERVERS"]
+    # A valid configuration, with the example Secret's tokens file where the pod has it.
+    example = yaml.safe_load((K8S / "gateway" / "secret.example.yaml").read_text())
+    (tokens,) = example["stringData"].values()
+    (tmp_path / "tokens").write_text(tokens)
+    settings = load_settings(env | {"GATEWAY_TOKENS_FILE": str(tmp_path / "tokens")})
+    assert settings.kafka_topic == config["KAFKA_TOPIC"]
+    assert settings.sensors_topic == sensors["SENSORS_TOPIC"]
+    assert settings.gateway.listen == env["GATEWAY_LISTEN"]
+    assert settings.gateway.tokens == ("TOKEN",)
+    assert pod_spec(deployment)["serviceAccountName"] == find(
+        built["base"], "ServiceAccount"
+    )["metadata"]["name"]
+
+
+def test_gateway_tokens_come_from_their_secret_as_a_read_only_file(
+    built: dict[str, list[dict[str, Any]]], deployment: dict[str, Any]
+) -> None:
+    env = gateway_environment(built, deployment)
+    assert "GATEWAY_TOKENS" not in env, "tokens as a file from the Secret, never a literal"
+    path = Path(env["GATEWAY_TOKENS_FILE"])
+    container = gateway_container(deployment)
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert secret["secretName"] == GATEWAY_TOKENS_SECRET
+    (item,) = [i for i in secret["items"] if i["path"] == path.name]
+    # Readable by the gateway's user: by everyone, or by the pod's fsGroup.
+    mode = secret.get("defaultMode", 0o644)
+    pod_security = pod_spec(deployment)["securityContext"]
+    assert mode & 0o004 or (
+        mode & 0o040 and pod_security.get("fsGroup") == pod_security["runAsGroup"]
+    ), oct(mode)
+    example = yaml.safe_load((K8S / "gateway" / "secret.example.yaml").read_text())
+    assert example["kind"] == "Secret" and example["metadata"]["name"] == GATEWAY_TOKENS_SECRET
+    assert example["metadata"]["namespace"] == NAMESPACE
+    assert list(example["stringData"]) == [item["key"]]
+    assert not [r for r in built["gateway"] if r["kind"] == "Secret"]
 
 
 # ---------------------------------------------------------------- waxctl
@@ -765,7 +929,7 @@ def test_waxctl_values_are_chart_values_matching_the_manifests(
     assert values["resources"] == container["resources"]
     # The chart's pods: its labels plus podLabels, its port names; the PodMonitor finds them.
     assert not CHART_POD_LABELS & values["podLabels"].keys()
-    monitor = find(built["monitoring"], "PodMonitor")
+    monitor = find(built["monitoring"], "PodMonitor", "waxhouse")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= values["podLabels"].items()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     chart_ports = {name: values[a][b] for name, (a, b) in CHART_PORTS.items()}
