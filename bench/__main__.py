@@ -1,10 +1,11 @@
 """Every benchmark of the issue in one command, on one broker.
 
-    python -m bench [--only compare,latency,memory] [--quick]
+    python -m bench [--only compare,latency,memory,gateway] [--quick]
 
 Runs `bench.compare` (throughput against the peers, with the targets), `bench.latency`
-(live visibility of closed windows) and `bench.memory` (RSS with 1,000,000 open sessions)
-one after the other with their defaults, sharing one throwaway broker (or the one named by
+(live visibility of closed windows), `bench.memory` (RSS with 1,000,000 open sessions) and
+`bench.gateway` (the ingestion gateway against its targets and its bare producer) one
+after the other with their defaults, sharing one throwaway broker (or the one named by
 KAFKA_BOOTSTRAP_SERVERS). Each prints its tables and writes `bench/results/<name>.md` and a
 PNG chart. `--quick` runs small sizes, a smoke test in a few minutes, not a measurement.
 """
@@ -20,11 +21,12 @@ import time
 from bench.common import bootstrap
 from tests.support.flow import REPO
 
-FULL: dict[str, list[str]] = {"compare": [], "latency": [], "memory": []}
+FULL: dict[str, list[str]] = {"compare": [], "latency": [], "memory": [], "gateway": []}
 QUICK: dict[str, list[str]] = {
     "compare": ["--events", "200000", "--repeat", "1"],
     "latency": ["--seconds", "100", "--capacity-events", "60000"],
     "memory": ["--events", "100000"],
+    "gateway": ["--rounds", "1", "--seconds", "4", "--warmup", "1"],
 }
 
 
