@@ -1,10 +1,13 @@
-"""The Grafana dashboard queries what the flow serves, and its ClickHouse SQL answers right.
+"""The Grafana dashboard queries what the flow and the gateway serve, and its ClickHouse SQL
+answers right.
 
 Every metric a Prometheus panel queries must be a family on a running flow's `/metrics`
-(Bytewax's API server). The flow reads a real Kafka topic, so the source's metrics
+(Bytewax's API server), or, for the gateway's panels (`waxhouse_gateway_*`), on a running
+`waxhouse gateway`'s. The flow reads a real Kafka topic, so the source's metrics
 (records consumed, consumer lag) are served too, and its input has a bad record of each
 kind and a late event, so every panel but the failure counters has samples. The business
-panel's SQL then runs against the store that flow wrote.
+panel's SQL then runs against the store that flow wrote. The gateway takes a batch with a
+good and a bad event and a request without a token, so each of its panels has samples.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,6 +28,7 @@ import pytest
 
 from tests.support.clickhouse import query_rows
 from tests.support.flow import start_flow
+from tests.support.gateway import start_gateway
 from tests.support.kafka_broker import TopicFactory
 from tests.support.produce import produce_records
 from tests.support.scrape import free_port, sample_total, scrape
@@ -54,8 +60,20 @@ DASHBOARD_METRICS = {
     "waxhouse_join_waiting_events",  # the join's wait queue,
     "waxhouse_reference_watermark_seconds",  # and the registry watermark's lag
     "waxhouse_watermark_seconds",  # (against the partition's own)
+    "waxhouse_gateway_requests_total",  # the gateway: requests by status,
+    "waxhouse_gateway_events_total",  # events accepted and rejected,
+    "waxhouse_gateway_ack_seconds",  # ack latency (histogram),
+    "waxhouse_gateway_in_flight",  # in flight,
+    "waxhouse_gateway_websockets",  # WebSockets,
+    "waxhouse_gateway_kafka_ready",  # and which processes reach Kafka
 }
-HISTOGRAMS = {"waxhouse_window_freshness_seconds", "waxhouse_sink_batch_seconds"}
+HISTOGRAMS = {
+    "waxhouse_window_freshness_seconds",
+    "waxhouse_sink_batch_seconds",
+    "waxhouse_gateway_ack_seconds",
+}
+# The gateway's families are served by `waxhouse gateway`'s own /metrics, not the flow's.
+GATEWAY_PREFIX = "waxhouse_gateway_"
 # Counters whose series appear only once something fails: the family must be served.
 FAILURE_ONLY = {"waxhouse_sink_errors_total", "waxhouse_sink_retries_total"}
 # Families with samples only in a flow with a join or notices (the sensors flow); this
@@ -136,6 +154,11 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "Readings and alerts",
         "Join wait queue",
         "Reference watermark lag",
+        "Gateway requests by status",
+        "Gateway events accepted and rejected",
+        "Gateway ack latency",
+        "Gateway in flight",
+        "Gateway WebSockets and Kafka readiness",
     } <= titles
     types = {name: "histogram" if name in HISTOGRAMS else "other" for name in DASHBOARD_METRICS}
     families = {served_family(name, types) for name in queried_metrics(board)}
@@ -213,7 +236,7 @@ def test_every_panel_metric_is_served_by_a_running_flow_and_the_sql_answers(
     kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
     board = dashboard()
-    queried = queried_metrics(board)
+    queried = {n: t for n, t in queried_metrics(board).items() if not n.startswith(GATEWAY_PREFIX)}
     topic = topic_factory(2, prefix="dash")
     input_records, on_time = records(int(time.time() * 1000))
     positions = produce_records(kafka_bootstrap, topic, input_records)
@@ -275,3 +298,57 @@ def test_every_panel_metric_is_served_by_a_running_flow_and_the_sql_answers(
         key=lambda row: (-row[1], row[0]),
     )[:10]
     assert query_rows(url, top_pages_sql(board)) == expected
+
+
+def post_json(url: str, body: Any, token: str | None) -> tuple[int, Any]:
+    """`POST url` with `body` as JSON: the status and the decoded answer."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, orjson.dumps(body), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), orjson.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()
+
+
+def test_every_gateway_panel_metric_is_served_by_a_running_gateway(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    queried = {n for n in queried_metrics(dashboard()) if n.startswith(GATEWAY_PREFIX)}
+    assert queried, "the dashboard has no gateway panels"
+    topic = topic_factory(1, prefix="dash-gateway")
+    token = "dashboard-test-token"
+    now_ms = int(time.time() * 1000)
+    good = event(1, "/p", now_ms, "page_view")
+    bad = event(2, "/p", now_ms, "page_view") | {"type": "scroll"}
+    with start_gateway(
+        kafka_bootstrap,
+        env={"KAFKA_TOPIC": topic, "GATEWAY_TOKENS": token},
+        flow="clickstream",
+        log_path=tmp_path / "gateway.log",
+    ) as gateway:
+        status, answer = post_json(gateway.url + "/v1/events", [good, bad], token)
+        assert (status, answer["accepted"]) == (200, 1), (status, answer)
+        assert [r["index"] for r in answer["rejected"]] == [1]
+        assert post_json(gateway.url + "/v1/events", [good], None)[0] == 401
+        with urllib.request.urlopen(gateway.url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        log = gateway.output()
+    no_family, no_samples = unserved(text, queried)
+    assert not no_family, f"queried but not served by the gateway: {sorted(no_family)}"
+    assert not no_samples, f"served by the gateway without samples: {sorted(no_samples)}"
+    # The panels' labels hold what they show.
+    requests = "waxhouse_gateway_requests_total"
+    assert sample_total(text, requests, path="/v1/events", status="200") == 1
+    assert sample_total(text, requests, path="/v1/events", status="401") == 1
+    for outcome in ("accepted", "rejected"):
+        events = sample_total(text, "waxhouse_gateway_events_total", outcome=outcome)
+        assert events == 1, outcome
+    acked = sample_total(text, "waxhouse_gateway_ack_seconds_count", path="/v1/events")
+    assert acked == 1
+    assert sample_total(text, "waxhouse_gateway_kafka_ready") == 1
+    assert sample_total(text, "waxhouse_gateway_in_flight", path="/v1/events") == 0
+    assert sample_total(text, "waxhouse_gateway_websockets") == 0
+    assert token not in text and token not in log, "a token in the metrics or the log"
