@@ -14,6 +14,7 @@ once `/readyz` says Kafka is reachable). The process's output goes to `gw.log_pa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -164,3 +165,51 @@ def start_gateway(
     """Start `waxhouse gateway --flow flow [args]` against `bootstrap` with `env` on a free
     port; returns once healthy (and ready, unless `ready=False`)."""
     return GatewayProcess(bootstrap, env or {}, flow, args, log_path, ready).start()
+
+
+class Answer:
+    """An HTTP answer: `status`, `headers` (case-insensitive), `body` and `json()`."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"Answer({self.status}, {self.body[:300]!r})"
+
+
+def request(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> Answer:
+    """One HTTP request; any status is returned, not raised."""
+    req = urllib.request.Request(url, data=body, headers=dict(headers or {}), method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as response:
+            return Answer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as e:
+        return Answer(e.code, dict(e.headers), e.read())
+
+
+def post_events(
+    url: str,
+    events: object,
+    *,
+    token: str | None = None,
+    content_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> Answer:
+    """POST `events` (any JSON value; bytes are sent as they are) to `url`."""
+    body = events if isinstance(events, bytes) else json.dumps(events).encode()
+    sent = {"Content-Type": content_type, **(headers or {})}
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    return request("POST", url, body, sent, timeout_s)

@@ -273,6 +273,7 @@ class Gateway:
             self.app(),
             access_log=None,
             handle_signals=False,
+            auto_decompress=False,  # body.gunzip inflates, bounded by GATEWAY_MAX_BODY_BYTES
             shutdown_timeout=self.settings.ack_timeout_seconds + 1,
         )
         await runner.setup()
