@@ -58,18 +58,21 @@ SERVICES = {
     "loadgen",
     "sensors",
     "sensors-loadgen",
+    "gateway",
     "prometheus",
     "grafana",
 }
 FLOW = "clickstream"  # the image's default command, and the service that builds it
 FLOWS = {FLOW, "sensors"}
-WAXHOUSE_SERVICES = {"schema", *FLOWS, "loadgen", "sensors-loadgen"}
+GATEWAY = "gateway"  # `waxhouse gateway`: its own /healthz and /metrics
+WAXHOUSE_SERVICES = {"schema", *FLOWS, "loadgen", "sensors-loadgen", GATEWAY}
 ONE_SHOT = {"kafka-topics", "schema"}
 # Long-running, but with nothing to probe: the load generators serve no endpoint, and the
 # image's healthcheck is the flows'. Nothing may wait for them to be healthy.
 NO_HEALTH_ENDPOINT = {"loadgen", "sensors-loadgen"}
 API_PORT = 3030
 CLUSTER_PORT = 9999
+GATEWAY_PORT = 8080
 RECOVERY_DIR = "/var/lib/waxhouse/recovery"
 RUNTIME_UID = 65532
 WAXHOUSE_CMD = ["python", "-m", "bytewax.run", "dataflows.clickstream"]
@@ -365,7 +368,9 @@ def test_healthcheck_probes_the_metrics_endpoint_on_an_exposed_port(
     assert f"http://127.0.0.1:{API_PORT}/metrics" in command[2]
     compile(command[2], "<healthcheck>", "exec")  # valid Python
     exposed = {int(p) for i in final if i.keyword == "EXPOSE" for p in i.args.split()}
-    assert {API_PORT, CLUSTER_PORT} <= exposed
+    assert {API_PORT, CLUSTER_PORT, GATEWAY_PORT} <= exposed
+    # `waxhouse gateway` in the image listens on every interface, on the exposed port.
+    assert env_pairs(final)["GATEWAY_LISTEN"] == f"0.0.0.0:{GATEWAY_PORT}"
 
 
 def test_default_command_workdir_entrypoints_and_labels(dockerfile: list[Instruction]) -> None:
@@ -422,9 +427,15 @@ def test_build_context_holds_what_the_image_is_built_from_and_nothing_else(
 # ---- the dependency lock -------------------------------------------------------------
 
 
+# The extras the image installs: the confluent source, and `waxhouse gateway`'s server.
+IMAGE_EXTRAS = ("confluent", "gateway")
+
+
 def _runtime_requirements() -> list[Requirement]:
     project = pyproject()["project"]
-    listed = project["dependencies"] + project["optional-dependencies"]["confluent"]
+    listed = list(project["dependencies"])
+    for extra in IMAGE_EXTRAS:
+        listed += project["optional-dependencies"][extra]
     return [Requirement(text) for text in listed]
 
 
@@ -638,7 +649,7 @@ def test_restart_policies_and_healthchecks(services: dict[str, dict[str, Any]]) 
         test = check["test"]
         assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
         assert {"interval", "timeout", "retries"} <= set(check), name
-    for name in WAXHOUSE_SERVICES - FLOWS:
+    for name in WAXHOUSE_SERVICES - FLOWS - {GATEWAY}:
         # The image's healthcheck probes the flow's metrics: not theirs.
         assert services[name]["healthcheck"] == {"disable": True}, name
 
@@ -794,6 +805,37 @@ def test_the_waxhouse_commands_are_ones_the_cli_accepts(
         assert float(args.rate) == float(env_example[rate])
 
 
+def test_the_gateway_service_serves_the_flows_topics_where_it_is_probed(
+    services: dict[str, dict[str, Any]], env_example: dict[str, str]
+) -> None:
+    gateway = services[GATEWAY]
+    command = gateway["command"]
+    assert command[0] == "waxhouse"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "gateway"
+    environment = interpolate(gateway["environment"], env_example)
+    settings = load_settings({k: str(v) for k, v in environment.items()})
+    assert settings.gateway.tokens == tuple(env_example["GATEWAY_TOKENS"].split(","))
+    host, port = settings.gateway.listen.rsplit(":", 1)
+    assert host == "0.0.0.0", "inside the container: every interface, or nothing reaches it"
+    assert int(port) == GATEWAY_PORT, "the port the image exposes"
+    assert gateway["ports"] == [f"127.0.0.1:{port}:{port}"]
+    test = gateway["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert f"http://127.0.0.1:{port}/healthz" in test[3]
+    compile(test[3], "<healthcheck>", "exec")
+    # It writes what the flows read, on the broker they read from, once the topics exist.
+    for flow, name in ((FLOW, "kafka_topic"), ("sensors", "sensors_topic")):
+        flow_env = interpolate(services[flow]["environment"], env_example)
+        flow_settings = load_settings({k: str(v) for k, v in flow_env.items()})
+        assert getattr(settings, name) == getattr(flow_settings, name), flow
+        assert settings.kafka_bootstrap_servers == flow_settings.kafka_bootstrap_servers
+    created = " ".join(interpolate(services["kafka-topics"]["command"], env_example))
+    for topic in (settings.kafka_topic, settings.sensors_topic):
+        assert f"--create --if-not-exists --topic {topic} " in created, topic
+    assert set(gateway["depends_on"]) == {"kafka", "kafka-topics"}
+
+
 def test_variables_are_documented_in_env_example(
     compose: dict[str, Any], env_example: dict[str, str]
 ) -> None:
@@ -807,7 +849,7 @@ def test_variables_are_documented_in_env_example(
             defaults.setdefault(ref.name, set()).add(ref.arg or "")
     for name, values in defaults.items():
         assert values == {env_example[name]}, f"{name}: defaults {values} vs .env.example"
-    for secret in ("CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    for secret in ("CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "GATEWAY_TOKENS"):
         ops = {ref.op for ref in refs if ref.name == secret}
         assert ops == {":?"}, f"{secret} must be set: ${{{secret}:?message}}"
     assert {ref.name for ref in refs} == set(env_example), "unused settings in .env.example"
@@ -826,6 +868,13 @@ def test_prometheus_scrapes_the_flow_service_on_its_api_port(
     api_port = env_pairs(final_stage(dockerfile))["BYTEWAX_DATAFLOW_API_PORT"]
     assert targets == [f"{FLOW}:{api_port}", f"sensors:{api_port}"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
+    # The gateway serves /metrics on the port it listens on, as its own job.
+    (gateway_job,) = [j for j in config["scrape_configs"] if j["job_name"] == "waxhouse-gateway"]
+    listen = services[GATEWAY]["environment"]["GATEWAY_LISTEN"]
+    assert [t for g in gateway_job["static_configs"] for t in g["targets"]] == [
+        f"{GATEWAY}:{listen.rpartition(':')[2]}"
+    ]
+    assert gateway_job.get("metrics_path", "/metrics") == "/metrics"
     prometheus = services["prometheus"]
     _, binds = named_and_bind_mounts(prometheus)
     assert binds["/etc/prometheus"] == "./prometheus"
