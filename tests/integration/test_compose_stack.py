@@ -10,11 +10,15 @@ docker/compose.yaml (interpolated with docker/.env.example), started as a real p
   pointing at the broker's in-network listener (INTERNAL) and the ClickHouse server's URL
   replaced by an embedded store. The load generator gets `--events` and the flow
   `KAFKA_STOP_AT_END=true`, so the run is bounded.
+- `gateway`: `waxhouse gateway` with its environment (the token from `.env.example`), on a
+  free loopback port instead of 0.0.0.0:8080; events posted to it are counted by the flow
+  beside the load generator's, and a reading lands on the sensors flow's topic.
 
 What it proves: the broker configuration is complete and consistent (a broker and
 controller in one process, both listeners serving clients), the services reach it under
 the names they are given, the flow accepts the settings it is given (including waiting for
-the schema service's tables), and every produced event lands in the tables.
+the schema service's tables), and every produced event, the gateway's included, lands in
+the tables.
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ import re
 import shlex
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -42,12 +50,15 @@ from tests.support.compose import (
     read_env_file,
 )
 from tests.support.flow import REPO, run_python
+from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.kafka_broker import LOOPBACK, BrokerPorts, KafkaBroker, create_topic
 
 pytestmark = pytest.mark.integration
 
 EVENTS = 3_000
 READINGS = 2_000
+GATEWAY_BATCHES = 2  # requests of GATEWAY_BATCH events each, posted to the gateway
+GATEWAY_BATCH = 100
 LISTENER = re.compile(r"(?P<name>[A-Z_]+)://(?P<host>[^:,]*):(?P<port>\d+)")
 
 
@@ -151,6 +162,42 @@ def run(command: list[str], env: Mapping[str, str]) -> subprocess.CompletedProce
     return run_python([*program[command[0]], *command[1:]], env)
 
 
+def post_json(url: str, body: object, token: str) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        url,
+        orjson.dumps(body),
+        {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status), orjson.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return int(e.code), {"body": e.read().decode(errors="replace")}
+
+
+def start_gateway_service(
+    services: dict[str, dict[str, Any]], internal: str, log: Path
+) -> tuple[GatewayProcess, str]:
+    """The `gateway` service's command and environment (on a free loopback port instead of
+    0.0.0.0:8080), and the first token it was given."""
+    service = services["gateway"]
+    assert service["command"] == ["waxhouse", "gateway"]  # all routes: start_gateway's default
+    env = {name: str(value) for name, value in service["environment"].items()}
+    assert env.pop("KAFKA_BOOTSTRAP_SERVERS") == "kafka:9092"
+    assert env.pop("GATEWAY_LISTEN") == "0.0.0.0:8080"  # start_gateway picks a loopback port
+    return start_gateway(internal, env=env, log_path=log), env["GATEWAY_TOKENS"].split(",")[0]
+
+
+def end_offsets(bootstrap: str, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return sum(consumer.end_offsets(partitions).values())
+    finally:
+        consumer.close()
+
+
 def test_both_listeners_of_the_compose_broker_serve_clients(
     broker: tuple[KafkaBroker, Listeners],
 ) -> None:
@@ -171,6 +218,7 @@ def test_both_listeners_of_the_compose_broker_serve_clients(
         assert [r.value for batch in records.values() for r in batch] == [b"ping"]
 
 
+@pytest.mark.slow  # two bounded flow runs: about a minute and a half
 def test_the_stack_runs_end_to_end(
     broker: tuple[KafkaBroker, Listeners],
     services: dict[str, dict[str, Any]],
@@ -209,44 +257,79 @@ def test_the_stack_runs_end_to_end(
     assert produced.returncode == 0, produced.stdout + produced.stderr
     assert f"produced {EVENTS} records into events" in produced.stdout + produced.stderr
 
-    flow_command = services["clickstream"].get("command") or image_command()
-    env = service_env("clickstream") | {"KAFKA_STOP_AT_END": "true"}
-    assert env["CLICKHOUSE_CREATE_SCHEMA"] == "false"  # so it relies on the schema service
-    flow = run(flow_command, env)
-    assert flow.returncode == 0, flow.stderr[-4000:]
+    # The gateway: events after the load generator's (newer, so none is late), acknowledged.
+    gateway, token = start_gateway_service(services, internal, tmp_path / "gateway.log")
+    with gateway:
+        now_ms = int(time.time() * 1000)
+        for b in range(GATEWAY_BATCHES):
+            batch = [
+                {
+                    "event_id": f"gw-{b}-{n}",
+                    "user_id": f"gw-user-{n % 10}",
+                    "type": "page_view",
+                    "page": f"/gw/{n % 3}",
+                    "ts": now_ms + b * GATEWAY_BATCH + n,
+                }
+                for n in range(GATEWAY_BATCH)
+            ]
+            status, answer = post_json(gateway.url + "/v1/events", batch, token)
+            assert (status, answer.get("accepted")) == (200, GATEWAY_BATCH), answer
+        sent = EVENTS + GATEWAY_BATCHES * GATEWAY_BATCH
+        assert end_offsets(internal, "events") == sent
 
-    summary = re.search(r"waxhouse: ([\d,]+) records .*?valid events\s+([\d,]+)", flow.stdout, re.S)
-    assert summary, flow.stdout
-    records, valid = (int(g.replace(",", "")) for g in summary.groups())
-    assert records == EVENTS
-    letters = query_rows(store_url, "SELECT count() FROM dead_letters")[0][0]
-    assert valid + letters == EVENTS and valid > 0.95 * EVENTS
-    views = query_rows(
-        store_url, "SELECT sum(views + clicks + add_to_carts + purchases) FROM page_stats"
-    )
-    sessions = query_rows(store_url, "SELECT sum(events) FROM user_sessions")
-    assert views[0][0] == sessions[0][0] == valid
-    assert os.path.isdir(env["BYTEWAX_RECOVERY_DIRECTORY"])
+        flow_command = services["clickstream"].get("command") or image_command()
+        env = service_env("clickstream") | {"KAFKA_STOP_AT_END": "true"}
+        assert env["CLICKHOUSE_CREATE_SCHEMA"] == "false"  # so it relies on the schema service
+        flow = run(flow_command, env)
+        assert flow.returncode == 0, flow.stderr[-4000:]
 
-    # The sensors flow: its load generator's readings and registry, through its service.
-    loadgen = services["sensors-loadgen"]["command"]
-    produced = run(
-        [*loadgen, "--events", str(READINGS), "--seed", "5"], service_env("sensors-loadgen")
-    )
-    assert produced.returncode == 0, produced.stdout + produced.stderr
-    assert f"produced {READINGS} records into readings" in produced.stdout + produced.stderr
-    sensors_env = service_env("sensors") | {"KAFKA_STOP_AT_END": "true"}
-    sensors_env["BYTEWAX_RECOVERY_DIRECTORY"] = str(tmp_path / "sensors-recovery")
-    flow = run(services["sensors"]["command"], sensors_env)
-    assert flow.returncode == 0, flow.stderr[-4000:]
-    summary = re.search(r"valid events\s+([\d,]+)\s+reference\s+([\d,]+) versions", flow.stdout)
-    assert summary, flow.stdout
-    valid, versions = (int(g.replace(",", "")) for g in summary.groups())
-    rejected = query_rows(
-        store_url,
-        "SELECT count() FROM dead_letters"
-        " WHERE startsWith(source, 'readings/') AND reason != 'late'",  # late ones are valid
-    )[0][0]
-    assert valid + rejected == READINGS and valid > 0.95 * READINGS and versions > 0
-    batched = query_rows(store_url, "SELECT sum(readings) FROM device_batches")[0][0]
-    assert batched == valid  # every valid reading in its device's batches
+        summary = re.search(
+            r"waxhouse: ([\d,]+) records .*?valid events\s+([\d,]+)", flow.stdout, re.S
+        )
+        assert summary, flow.stdout
+        records, valid = (int(g.replace(",", "")) for g in summary.groups())
+        assert records == sent
+        letters = query_rows(store_url, "SELECT count() FROM dead_letters")[0][0]
+        assert valid + letters == sent and valid > 0.95 * sent
+        gateway_rows = query_rows(
+            store_url, "SELECT sum(views) FROM page_stats WHERE startsWith(page, '/gw/')"
+        )
+        assert gateway_rows[0][0] == GATEWAY_BATCHES * GATEWAY_BATCH
+        views = query_rows(
+            store_url, "SELECT sum(views + clicks + add_to_carts + purchases) FROM page_stats"
+        )
+        sessions = query_rows(store_url, "SELECT sum(events) FROM user_sessions")
+        assert views[0][0] == sessions[0][0] == valid
+        assert os.path.isdir(env["BYTEWAX_RECOVERY_DIRECTORY"])
+
+        # The sensors flow: its load generator's readings and registry, through its service.
+        loadgen = services["sensors-loadgen"]["command"]
+        produced = run(
+            [*loadgen, "--events", str(READINGS), "--seed", "5"], service_env("sensors-loadgen")
+        )
+        assert produced.returncode == 0, produced.stdout + produced.stderr
+        assert f"produced {READINGS} records into readings" in produced.stdout + produced.stderr
+        sensors_env = service_env("sensors") | {"KAFKA_STOP_AT_END": "true"}
+        sensors_env["BYTEWAX_RECOVERY_DIRECTORY"] = str(tmp_path / "sensors-recovery")
+        flow = run(services["sensors"]["command"], sensors_env)
+        assert flow.returncode == 0, flow.stderr[-4000:]
+        summary = re.search(r"valid events\s+([\d,]+)\s+reference\s+([\d,]+) versions", flow.stdout)
+        assert summary, flow.stdout
+        valid, versions = (int(g.replace(",", "")) for g in summary.groups())
+        rejected = query_rows(
+            store_url,
+            "SELECT count() FROM dead_letters"
+            " WHERE startsWith(source, 'readings/') AND reason != 'late'",  # late ones are valid
+        )[0][0]
+        assert valid + rejected == READINGS and valid > 0.95 * READINGS and versions > 0
+        batched = query_rows(store_url, "SELECT sum(readings) FROM device_batches")[0][0]
+        assert batched == valid  # every valid reading in its device's batches
+
+        # The sensors flow's topic, through the gateway's other route.
+        reading = {"reading_id": "gw-r-1", "device_id": "gw-d-1", "ts": now_ms, "temperature": 21.5}
+        before = end_offsets(internal, "readings")
+        status, answer = post_json(gateway.url + "/v1/readings", [reading], token)
+        assert (status, answer.get("accepted")) == (200, 1), answer
+        assert end_offsets(internal, "readings") == before + 1
+        assert gateway.stop() == 0, gateway.output()[-3000:]
+    assert token not in gateway.output(), "the gateway logged its token"
