@@ -39,22 +39,27 @@ _digest = xxhash.xxh3_64_intdigest
 
 
 def identity_bytes(indexes: Sequence[int]) -> Callable[[tuple], bytes]:
-    """The identity of an event, from the values at `indexes`, as bytes to hash: each value
-    but the last prefixed with its length, so that no two identities give the same bytes
-    (`("ab", "c")` is `2:abc`, `("a", "bc")` is `1:abc`)."""
+    """The identity of an event, from the strings at `indexes`, as bytes to hash: each
+    string but the last prefixed with its length, so that no two identities give the same
+    bytes (`("ab", "c")` is `2:abc`, `("a", "bc")` is `1:abc`)."""
     if not indexes:
         raise ValueError("an identity needs at least one field")
     if len(indexes) == 1:
         (only,) = indexes
-        return lambda event: str(event[only]).encode()
+        return lambda event: event[only].encode()
     if len(indexes) == 2:
         first, second = indexes
-        return lambda event: f"{len(head := str(event[first]))}:{head}{event[second]}".encode()
+
+        def pair(event: tuple) -> bytes:
+            head = event[first]
+            return f"{len(head)}:{head}{event[second]}".encode()
+
+        return pair
     *heads, last = indexes
 
     def identity(event: tuple) -> bytes:
-        parts = [str(event[i]) for i in heads]
-        return ("".join(f"{len(part)}:{part}" for part in parts) + str(event[last])).encode()
+        prefix = "".join([f"{len(event[i])}:{event[i]}" for i in heads])
+        return (prefix + event[last]).encode()
 
     return identity
 

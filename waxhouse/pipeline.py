@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from waxhouse.dedup import DedupState
 from waxhouse.engine import CompiledTable, PartitionState, PipelineError, compile_table
-from waxhouse.fields import Schema
+from waxhouse.fields import ChoiceField, Schema, TextField
 from waxhouse.joins import Enriched, JoinError, JoinState, TemporalJoin
 from waxhouse.tables import Duration, Table, to_ms
 
@@ -103,6 +103,11 @@ class Pipeline:
         for field_name in dedup:
             if field_name not in schema.names:
                 raise PipelineError(f"{name}: dedup: {field_name!r} is not a field of the schema")
+            field = schema.kind(field_name)
+            if not isinstance(field, (TextField, ChoiceField)) or field.optional:
+                raise PipelineError(
+                    f"{name}: dedup: {field_name!r} must be a required text() or one_of() field"
+                )
         if len(set(dedup)) != len(dedup):
             raise PipelineError(f"{name}: dedup: a field is named twice in {list(dedup)}")
         if dedup_horizon is not None and not dedup:

@@ -120,6 +120,7 @@ def test_identity_bytes_keep_fields_apart() -> None:
     assert two(("ab", "c")) != two(("a", "bc"))
     assert three(("a", "b", "c")) != three(("a", "bc", "")) != three(("ab", "", "c"))
     assert identity_bytes((1,))(("x", "é")) == "é".encode()
+    assert three(("a\x00", "b", "c")) != three(("a", "\x00b", "c"))
     with pytest.raises(ValueError, match="at least one field"):
         identity_bytes(())
 
@@ -255,6 +256,8 @@ def test_a_duplicate_s_dead_letter_names_the_identity() -> None:
         ({"dedup": "user_id"}, "a list of field names"),
         ({"dedup": ("user_id", "user_id")}, "named twice"),
         ({"dedup_horizon": 60}, "without dedup fields"),
+        ({"dedup": ("user_id", "ts")}, "'ts' must be a required text"),
+        ({"dedup": ("value",)}, "'value' must be a required text"),
     ],
 )
 def test_a_wrong_dedup_declaration_is_refused(options: dict, error: str) -> None:
