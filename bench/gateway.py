@@ -25,8 +25,9 @@ RFC 3339 and integer `ts`, 0.5% malformed): batches hold the records that are JS
 malformed one that is not JSON would make its whole batch a `400`), single events all of
 them. Every `event_id` is unique (a per-use prefix). The load client
 (`bench.gateway_load`) runs in `--clients` processes of its own; its CPU time, the
-gateway's and the machine's are measured over each window. With `--py-spy`, one more
-batched run under `py-spy record --pid` says where the gateway's samples are.
+gateway's, the broker's and the machine's are measured over each window. With `--py-spy`,
+one more batched and one more single-event run under `py-spy record --pid` say where the
+gateway's samples are.
 
 Writes `bench/results/gateway.md` and `bench/results/gateway.png`.
 """
@@ -34,6 +35,7 @@ Writes `bench/results/gateway.md` and `bench/results/gateway.png`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -121,6 +123,26 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def listener_pid(port: int) -> int | None:
+    """The process listening on 127.0.0.1:`port` (the broker), from /proc; None if unseen."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return int(proc.name)
+    return None
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, all cores."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -141,6 +163,7 @@ class Run:
     latencies_ms: list[float] = field(default_factory=list)
     gateway_cpu: float = 0.0  # share of one core
     client_cpu: float = 0.0
+    broker_cpu: float = 0.0
     machine_busy: float = 0.0  # share of all cores
     ack_p50_ms: float | None = None  # the gateway's histogram, bucket upper bounds
     ack_p99_ms: float | None = None
@@ -151,8 +174,9 @@ class Run:
 class Gateway:
     """A started gateway: where it listens, its pid, its metrics."""
 
-    def __init__(self, process: GatewayProcess) -> None:
+    def __init__(self, process: GatewayProcess, servers: str) -> None:
         assert process.process is not None
+        self.broker_pid = listener_pid(int(servers.split(",")[0].rpartition(":")[2]))
         self.url = process.url
         self.host = "127.0.0.1"
         self.port = process.port
@@ -200,7 +224,7 @@ def measure(
     metrics_path: str | None = None,
 ) -> Run:
     """Run `load` in `clients` processes (each a share of the connections and of the rate)
-    and sample the gateway's and the machine's CPU over the measured window."""
+    and sample the gateway's, the broker's and the machine's CPU over the measured window."""
     start_at = time.time() + 1.5
     loads = [
         replace(
@@ -215,9 +239,11 @@ def measure(
     pending = pool.map_async(run_load, loads)
     time.sleep(max(0.0, start_at + load.warmup - time.time()))
     gw0, (busy0, total0) = cpu_of(gateway.pid), machine_cpu()
+    broker0 = cpu_of(gateway.broker_pid) if gateway.broker_pid else 0.0
     hist0 = ack_buckets(gateway.metrics(), metrics_path) if metrics_path else {}
     time.sleep(max(0.0, start_at + load.warmup + load.seconds - time.time()))
     gw1, (busy1, total1) = cpu_of(gateway.pid), machine_cpu()
+    broker1 = cpu_of(gateway.broker_pid) if gateway.broker_pid else float("nan")
     hist1 = ack_buckets(gateway.metrics(), metrics_path) if metrics_path else {}
     results: list[Result] = pending.get(timeout=load.warmup + load.seconds + 120)
     run = Run(scenario, 0.0)
@@ -233,6 +259,7 @@ def measure(
     per_request = scenario in ("single", "latency")
     run.rate = (run.answers if per_request else run.accepted) / load.seconds
     run.gateway_cpu = (gw1 - gw0) / load.seconds
+    run.broker_cpu = (broker1 - broker0) / load.seconds
     run.machine_busy = (busy1 - busy0) / max(1e-9, total1 - total0)
     if metrics_path:
         run.ack_p50_ms = quantile_bound(hist0, hist1, 0.50)
@@ -364,6 +391,22 @@ class Round:
     runs: dict[str, Run] = field(default_factory=dict)
     ceiling: float = 0.0
     ceiling_cpu: float = 0.0
+    stored: int = 0  # records in the round's topic once its gateway stopped
+
+
+def topic_records(servers: str, topic: str) -> int:
+    """How many records `topic` holds (the sum of its partitions' end offsets)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"bench-{uuid.uuid4().hex}"})
+    try:
+        ends = [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in range(PARTITIONS)
+        ]
+    finally:
+        consumer.close()
+    return sum(ends)
 
 
 def loads_for(
@@ -422,7 +465,7 @@ def one_round(
     done = Round()
     tag = f"r{number}"
     with start_gateway(servers, env=env, flow="clickstream") as process:
-        gateway = Gateway(process)
+        gateway = Gateway(process, servers)
         loads = loads_for(gateway, data, args, tag)
         order = list(loads)
         order = order[number % 3 :] + order[: number % 3]
@@ -436,6 +479,10 @@ def one_round(
         run = measure(pool, gateway, latency, args.clients, "latency", metrics_path="/v1/events")
         done.runs["latency"] = run
         log(number, run)
+    done.stored = topic_records(servers, topic)
+    accepted = sum(r.accepted for r in done.runs.values())
+    if done.stored < accepted:
+        raise RuntimeError(f"{accepted:,} events acknowledged, {done.stored:,} in {topic}")
     n = max(CEILING_EVENTS, int(done.runs["batched"].rate * args.seconds))
     with multiprocessing.get_context("spawn").Pool(1) as alone:
         done.ceiling, done.ceiling_cpu = alone.apply(bare_producer, (servers, topic, data.keyed, n))
@@ -451,7 +498,8 @@ def print_run(number: int, run: Run) -> None:
         latency = f" p50 {q[49]:.1f} ms p99 {q[98]:.1f} ms"
     print(
         f"round {number}: {run.scenario:8} {run.rate:10,.0f} {unit}{latency}"
-        f"  gateway {run.gateway_cpu:.0%} client {run.client_cpu:.0%} machine"
+        f"  gateway {run.gateway_cpu:.0%} client {run.client_cpu:.0%} broker"
+        f" {run.broker_cpu:.0%} machine"
         f" {run.machine_busy:.0%}  {dict(run.statuses)}"
         + (f" errors {run.errors[:2]}" if run.errors else ""),
         flush=True,
@@ -469,7 +517,9 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def report(rounds: list[Round], spy: Profile | None, command: str, args: argparse.Namespace) -> str:
+def report(
+    rounds: list[Round], spy: dict[str, Profile], command: str, args: argparse.Namespace
+) -> str:
     def med(scenario: str) -> float:
         return median([r.runs[scenario].rate for r in rounds])
 
@@ -531,9 +581,9 @@ def report(rounds: list[Round], spy: Profile | None, command: str, args: argpars
         " of all its cores, the broker and other agents included), the gateway's own ack"
         " histogram (`waxhouse_gateway_ack_seconds`, bucket bounds), and the answers:",
         "",
-        "| scenario | gateway CPU | load client CPU | machine busy | server ack p50 / p99 |"
-        " answers by status (all rounds) | accepted / rejected events |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| scenario | gateway CPU | load client CPU | broker CPU | machine busy |"
+        " server ack p50 / p99 | answers by status (all rounds) | accepted / rejected events |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for scenario in ("batched", "single", "ws", "latency"):
         runs = [r.runs[scenario] for r in rounds]
@@ -546,35 +596,98 @@ def report(rounds: list[Round], spy: Profile | None, command: str, args: argpars
         lines.append(
             f"| {scenario} | {median([r.gateway_cpu for r in runs]):.0%} |"
             f" {median([r.client_cpu for r in runs]):.0%} |"
+            f" {median([r.broker_cpu for r in runs]):.0%} |"
             f" {median([r.machine_busy for r in runs]):.0%} | {server} |"
             f" {', '.join(f'{s}: {n:,}' for s, n in sorted(statuses.items()))} |"
             f" {sum(r.accepted for r in runs):,} / {sum(r.rejected for r in runs):,} |"
         )
     lines.append(
-        f"| ceiling | | | | | | {median([r.ceiling_cpu for r in rounds]):.0%} CPU of the"
+        f"| ceiling | | | | | | | {median([r.ceiling_cpu for r in rounds]):.0%} CPU of the"
         " producer process |"
     )
+    stored = sum(r.stored for r in rounds)
+    acked = sum(run.accepted for r in rounds for run in r.runs.values())
+    lines += [
+        "",
+        f"Acknowledged means stored: the rounds' topics held {stored:,} records once each"
+        f" gateway stopped, for {acked:,} events acknowledged inside the measured windows"
+        " (the rest were acknowledged during warm-ups and window ends).",
+    ]
     if spy:
-        run = spy.run
+        on_batched, on_single = spy["batched"], spy["single"]
         lines += [
             "",
-            "Where the gateway's time goes under batched load: one more batched run under"
-            f" `py-spy record --pid --threads` (100 Hz, {spy.samples:,} samples of non-idle"
-            f" threads); that run: {run.rate:,.0f} events/s, gateway {run.gateway_cpu:.0%}"
-            f" of a core, load client {run.client_cpu:.0%}, machine {run.machine_busy:.0%}"
-            " busy. Each sample counts for the group of its innermost frame that has one:",
+            "Where the gateway's time goes: one more batched run and one more single-event run"
+            " under `py-spy record --pid --threads` (100 Hz, samples of non-idle threads). Each"
+            " sample counts for the group of its innermost frame that has one:",
             "",
-            "| part | share of samples |",
-            "| --- | ---: |",
-            *[f"| {group} | {share:.0%} |" for group, share in spy.shares],
-            "",
-            "By thread: "
-            + ", ".join(f"{thread} {share:.0%}" for thread, share in spy.threads)
-            + " (librdkafka's own threads are native: their CPU is in the gateway's CPU"
-            " above, not in these samples).",
+            "| part | batched HTTP | single-event HTTP |",
+            "| --- | ---: | ---: |",
         ]
+        singles = dict(on_single.shares)
+        for group, share in on_batched.shares:
+            lines.append(f"| {group} | {share:.0%} | {singles.pop(group, 0.0):.0%} |")
+        lines += [f"| {group} | 0% | {share:.0%} |" for group, share in singles.items()]
+        for name, spied_run in (("batched", on_batched), ("single-event", on_single)):
+            run = spied_run.run
+            unit = "requests/s" if name == "single-event" else "events/s"
+            lines += [
+                "",
+                f"The {name} run under py-spy: {run.rate:,.0f} {unit}, {spied_run.samples:,}"
+                f" samples, gateway {run.gateway_cpu:.0%} of a core, load client"
+                f" {run.client_cpu:.0%}, broker {run.broker_cpu:.0%}, machine"
+                f" {run.machine_busy:.0%} busy; by thread: "
+                + ", ".join(f"{thread} {share:.0%}" for thread, share in spied_run.threads)
+                + ".",
+            ]
+        lines += [
+            "",
+            "librdkafka's own threads are native: their CPU is in the gateway's CPU, not in"
+            " these samples.",
+        ]
+    lines += ["", "## What bounds it", "", *bound(rounds, spy)]
     lines += ["", "![throughput and latency](gateway.png)"]
     return "\n".join(lines) + "\n"
+
+
+def bound(rounds: list[Round], spy: dict[str, Profile]) -> list[str]:
+    """A reading of the batched runs' CPU shares and the profile: what limits the rate."""
+    runs = [r.runs["batched"] for r in rounds]
+    gateway = median([r.gateway_cpu for r in runs])
+    client = median([r.client_cpu for r in runs])
+    machine = median([r.machine_busy for r in runs])
+    broker = median([r.broker_cpu for r in runs])
+    parts = ""
+    if spy:
+        top = [f"{group} {share:.0%}" for group, share in spy["batched"].shares[:3]]
+        parts = f" Inside it, the largest parts of its samples: {', '.join(top)}."
+    lines = []
+    if client >= 0.5:
+        lines.append(
+            f"- The load client used {client:.0%} of a core: it may be what limits; run"
+            " more `--clients`."
+        )
+    else:
+        lines.append(f"- Not the load client: it used {client:.0%} of a core.")
+    if gateway >= 0.85:
+        lines.append(
+            f"- The gateway's CPU: {gateway:.0%} of a core, its Python thread saturated"
+            " (one process, one event loop, the GIL)." + parts
+        )
+    elif machine >= 0.9:
+        lines.append(
+            f"- The machine: the gateway had {gateway:.0%} of a core while both cores were"
+            f" {machine:.0%} busy (the broker {broker:.0%} of a core, the load client"
+            f" {client:.0%}, the rest other processes: other agents' tests), so it waited"
+            " for a CPU more than for Kafka." + parts
+        )
+    else:
+        lines.append(
+            f"- Waiting: the gateway used {gateway:.0%} of a core and the machine was"
+            f" {machine:.0%} busy, so requests waited for Kafka's acknowledgements"
+            " (16 requests in flight)." + parts
+        )
+    return lines
 
 
 def chart(rounds: list[Round], path: Path) -> None:
@@ -641,7 +754,7 @@ def main() -> None:
     command += " --py-spy" if args.py_spy else ""
     data = payloads(args.events, args.seed)
     rounds = []
-    spy: Profile | None = None
+    spy: dict[str, Profile] = {}
     with bootstrap() as servers, multiprocessing.get_context("spawn").Pool(args.clients) as pool:
         for number in range(1, args.rounds + 1):
             rounds.append(one_round(pool, servers, data, args, number, print_run))
@@ -653,32 +766,35 @@ def main() -> None:
     print(text)
 
 
-def spied(pool: Pool, servers: str, data: Payloads, args: argparse.Namespace) -> Profile:
-    """One more batched run, under py-spy."""
+def spied(pool: Pool, servers: str, data: Payloads, args: argparse.Namespace) -> dict[str, Profile]:
+    """One more batched run and one more single-event run, each under py-spy."""
     topic = f"gateway-bench-{uuid.uuid4().hex[:8]}"
     create_topic(servers, topic, PARTITIONS)
     env = {"KAFKA_TOPIC": topic, "GATEWAY_TOKENS": TOKEN}
-    raw = Path(tempfile.mkdtemp(prefix="bench-gateway-spy-")) / "gateway.txt"
+    found = {}
     with start_gateway(servers, env=env, flow="clickstream") as process:
-        gateway = Gateway(process)
-        load = loads_for(gateway, data, args, "p")["batched"]
-        box: dict[str, Run] = {}
+        gateway = Gateway(process, servers)
+        loads = loads_for(gateway, data, args, "p")
+        for scenario in ("batched", "single"):
+            raw = Path(tempfile.mkdtemp(prefix="bench-gateway-spy-")) / f"{scenario}.txt"
+            box: dict[str, Run] = {}
 
-        def batched() -> None:
-            box["run"] = measure(pool, gateway, load, args.clients, "batched")
+            def measured(scenario: str = scenario, box: dict[str, Run] = box) -> None:
+                box["run"] = measure(pool, gateway, loads[scenario], args.clients, scenario)
 
-        worker = threading.Thread(target=batched)
-        worker.start()
-        time.sleep(1.5 + args.warmup)
-        groups, threads = profile(gateway, args.seconds, raw)
-        worker.join()
-    total = sum(groups.values())
-    return Profile(
-        shares=[(group, n / total) for group, n in groups.most_common()],
-        threads=[(thread, n / total) for thread, n in threads.most_common()],
-        samples=total,
-        run=box["run"],
-    )
+            worker = threading.Thread(target=measured)
+            worker.start()
+            time.sleep(1.5 + args.warmup)
+            groups, threads = profile(gateway, args.seconds, raw)
+            worker.join()
+            total = sum(groups.values())
+            found[scenario] = Profile(
+                shares=[(group, n / total) for group, n in groups.most_common()],
+                threads=[(thread, n / total) for thread, n in threads.most_common()],
+                samples=total,
+                run=box["run"],
+            )
+    return found
 
 
 if __name__ == "__main__":
