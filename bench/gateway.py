@@ -650,42 +650,47 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+NAMES = {"batched": "Batched HTTP", "single": "Single-event HTTP", "ws": "WebSocket"}
+IN_FLIGHT = {"batched": "16 requests", "single": "64 requests", "ws": "64 frames"}
+
+
 def bound(rounds: list[Round], spy: dict[str, Profile]) -> list[str]:
-    """A reading of the batched runs' CPU shares and the profile: what limits the rate."""
-    runs = [r.runs["batched"] for r in rounds]
-    gateway = median([r.gateway_cpu for r in runs])
-    client = median([r.client_cpu for r in runs])
-    machine = median([r.machine_busy for r in runs])
-    broker = median([r.broker_cpu for r in runs])
-    parts = ""
-    if spy:
-        top = [f"{group} {share:.0%}" for group, share in spy["batched"].shares[:3]]
-        parts = f" Inside it, the largest parts of its samples: {', '.join(top)}."
+    """A reading of each scenario's CPU shares (and profile, if any): what limits it."""
     lines = []
-    if client >= 0.5:
+    for scenario, name in NAMES.items():
+        runs = [r.runs[scenario] for r in rounds]
+        gateway = median([r.gateway_cpu for r in runs])
+        client = median([r.client_cpu for r in runs])
+        machine = median([r.machine_busy for r in runs])
+        broker = median([r.broker_cpu for r in runs])
+        parts = ""
+        if scenario in spy:
+            top = [f"{group} {share:.0%}" for group, share in spy[scenario].shares[:3]]
+            parts = f" The largest parts of its samples: {', '.join(top)}."
+        if client >= 0.5:
+            verdict = f"possibly the load client, at {client:.0%} of a core (run more `--clients`)"
+        elif gateway >= 0.85:
+            verdict = (
+                f"the gateway's CPU: {gateway:.0%} of a core, its one Python thread saturated"
+                " (one process, one event loop, the GIL)"
+            )
+        elif machine >= 0.9:
+            verdict = (
+                f"the machine: the gateway had {gateway:.0%} of a core while both cores were"
+                f" {machine:.0%} busy (the broker {broker:.0%} of a core, the load client"
+                f" {client:.0%}, the rest other agents' processes), so it waited for a CPU"
+                " more than for Kafka"
+            )
+        else:
+            verdict = (
+                f"waiting: the gateway used {gateway:.0%} of a core and the machine was"
+                f" {machine:.0%} busy, so the {IN_FLIGHT[scenario]} in flight waited for"
+                " Kafka's acknowledgements"
+            )
         lines.append(
-            f"- The load client used {client:.0%} of a core: it may be what limits; run"
-            " more `--clients`."
-        )
-    else:
-        lines.append(f"- Not the load client: it used {client:.0%} of a core.")
-    if gateway >= 0.85:
-        lines.append(
-            f"- The gateway's CPU: {gateway:.0%} of a core, its Python thread saturated"
-            " (one process, one event loop, the GIL)." + parts
-        )
-    elif machine >= 0.9:
-        lines.append(
-            f"- The machine: the gateway had {gateway:.0%} of a core while both cores were"
-            f" {machine:.0%} busy (the broker {broker:.0%} of a core, the load client"
-            f" {client:.0%}, the rest other processes: other agents' tests), so it waited"
-            " for a CPU more than for Kafka." + parts
-        )
-    else:
-        lines.append(
-            f"- Waiting: the gateway used {gateway:.0%} of a core and the machine was"
-            f" {machine:.0%} busy, so requests waited for Kafka's acknowledgements"
-            " (16 requests in flight)." + parts
+            f"- {name}: {verdict}. Not the load client ({client:.0%} of a core)." + parts
+            if client < 0.5
+            else f"- {name}: {verdict}." + parts
         )
     return lines
 
