@@ -166,6 +166,18 @@ def pod_spec(resource: dict[str, Any]) -> dict[str, Any]:
     return resource["spec"]["template"]["spec"]
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects `labels`."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        assert operator in ("In", "NotIn"), operator
+        if (labels.get(key) in expression["values"]) != (operator == "In"):
+            return False
+    return True
+
+
 def pod_labels(resource: dict[str, Any]) -> dict[str, str]:
     if resource["kind"] == "CronJob":
         return resource["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
@@ -421,7 +433,9 @@ def test_metrics_endpoint_is_served_where_it_is_probed_and_scraped(
     assert config["BYTEWAX_DATAFLOW_API_CACHE_PATH"] in writable
     monitor = find(built["monitoring"], "PodMonitor", "waxhouse")
     assert monitor["metadata"]["namespace"] == statefulset["metadata"]["namespace"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(statefulset).items()
+    assert selects(monitor["spec"]["selector"], pod_labels(statefulset))
+    sensors = find(built["overlays/sensors"], "StatefulSet", "sensors")
+    assert selects(monitor["spec"]["selector"], pod_labels(sensors))  # both flows, one job
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
         assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
     relabel = monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
@@ -688,6 +702,8 @@ def test_gateway_is_probed_and_served_on_the_port_it_listens_on(
     assert not monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(
         find(built["base"], "StatefulSet")
     ).items(), "the gateway's PodMonitor would scrape the flow too"
+    flows = find(built["monitoring"], "PodMonitor", "waxhouse")
+    assert not selects(flows["spec"]["selector"], pod_labels(deployment)), "nor the other way"
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
     assert {"targetLabel": "job", "replacement": "waxhouse-gateway"} in endpoint["relabelings"]
@@ -930,7 +946,7 @@ def test_waxctl_values_are_chart_values_matching_the_manifests(
     # The chart's pods: its labels plus podLabels, its port names; the PodMonitor finds them.
     assert not CHART_POD_LABELS & values["podLabels"].keys()
     monitor = find(built["monitoring"], "PodMonitor", "waxhouse")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= values["podLabels"].items()
+    assert selects(monitor["spec"]["selector"], values["podLabels"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     chart_ports = {name: values[a][b] for name, (a, b) in CHART_PORTS.items()}
     assert chart_ports == {"process": ports["cluster"], "api": ports["api"]}
