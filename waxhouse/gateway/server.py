@@ -269,6 +269,7 @@ class Gateway:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await asyncio.to_thread(self.producer.start)
+        pump = asyncio.create_task(self.producer.pump())
         runner = web.AppRunner(
             self.app(),
             access_log=None,
@@ -291,7 +292,8 @@ class Gateway:
         logger.info("stopping: no new requests; waiting for Kafka to acknowledge those in flight")
         self.draining = True
         await runner.cleanup()
-        left = await asyncio.to_thread(self.producer.close, self.settings.ack_timeout_seconds)
+        left = await self.producer.close(self.settings.ack_timeout_seconds)
+        await pump
         if left:
             logger.warning("%d events were not acknowledged by Kafka before exit", left)
         logger.info("gateway stopped")
