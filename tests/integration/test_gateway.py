@@ -436,3 +436,108 @@ def test_sigterm_answers_the_requests_waiting_for_kafka_then_exits_0(
         assert gw.stop() == 0
     stored = [v["event_id"] for v in values(read_topic(kafka_broker.bootstrap_servers, topic))]
     assert stored == ["e-0", "e-1", "e-2"]
+
+
+# ---------------------------------------------------------------------------
+# Any pipeline
+
+
+ORDERS_MODULE = """
+from waxhouse import Pipeline, Schema, Table, agg, fields, windows
+
+orders = Schema(
+    {
+        "order_id": fields.text(64),
+        "customer": fields.text(64),
+        "ts": fields.timestamp(),
+        "amount": fields.money(),
+    },
+    event_time="ts",
+    name="Order",
+)
+Order = orders.event_type
+totals = Table(
+    "order_totals",
+    key="customer",
+    window=windows.tumbling(60),
+    aggregates={"orders": agg.count(), "amount": agg.sum("amount")},
+)
+pipeline = Pipeline("orders", orders, key="customer", tables=[totals])
+"""
+
+
+def test_another_pipeline_is_served_by_route_with_its_own_parser_and_key(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Any
+) -> None:
+    (tmp_path / "shop_orders.py").write_text(ORDERS_MODULE)
+    topic = topic_factory(1, prefix="gw-orders")
+    with start_gateway(
+        kafka_bootstrap,
+        env={"PYTHONPATH": str(tmp_path)},
+        flow="none",
+        args=["--route", f"/v1/orders=shop_orders:pipeline@{topic}"],
+    ) as gw:
+        now = int(time.time() * 1000)
+        good = {"order_id": "o-1", "customer": "c-9", "ts": now, "amount": 12.5}
+        bad = {"order_id": "o-2", "customer": "c-9", "ts": now, "amount": -1}
+        answer = post_events(gw.url + "/v1/orders", [good, bad])
+        assert answer.status == 200, answer
+        assert answer.json() == {
+            "accepted": 1,
+            "rejected": [{"index": 1, "error": "amount: must be between 0 and 1e9"}],
+        }
+        assert request("POST", gw.url + "/v1/events", b"{}").status == 404  # --flow none
+        answers = asyncio.run(
+            ws_exchange(ws_url(gw, "/v1/orders/ws"), [{"seq": 1, "events": [good]}], answers=1)
+        )
+        assert answers == [{"ack": 1, "accepted": 1, "rejected": []}]
+    records = read_topic(kafka_bootstrap, topic, timeout_s=30)
+    assert [(r.key, json.loads(r.value)) for r in records] == [(b"c-9", good)] * 2
+
+
+def test_a_websocket_frame_over_the_body_limit_closes_the_socket_with_1009(
+    gateway: GatewayProcess,
+) -> None:
+    async def oversize() -> tuple[Any, int | None]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(ws_url(gateway), headers={"Authorization": f"Bearer {TOKEN}"}) as ws,
+        ):
+            await ws.send_str(json.dumps({"seq": 1, "events": [click(0, pad="x" * 70_000)]}))
+            message = await ws.receive(timeout=30)
+            return message.type, ws.close_code
+
+    kind, code = asyncio.run(oversize())
+    assert kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert code == 1009
+
+
+def test_sigterm_answers_the_frames_waiting_then_closes_websockets_with_1001(
+    kafka_proxy: TcpProxy, kafka_broker: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory(1, prefix="gw-term-ws")
+    with start_gateway(kafka_proxy.address, env={"KAFKA_TOPIC": topic}, flow="clickstream") as gw:
+        assert post_events(gw.url + "/v1/events", click(0)).status == 200
+
+        async def scenario() -> tuple[list[Any], int | None]:
+            async with aiohttp.ClientSession() as session:
+                ws = await session.ws_connect(ws_url(gw))
+                kafka_proxy.cut()
+                for n in (1, 2, 3):
+                    await ws.send_str(json.dumps({"seq": n, "events": [click(n)]}))
+                await asyncio.sleep(0.5)
+                assert gw.process is not None
+                gw.process.terminate()
+                await asyncio.sleep(0.5)
+                kafka_proxy.restore()
+                answers = []
+                async for message in ws:
+                    answers.append(json.loads(message.data))
+                return answers, ws.close_code
+
+        answers, code = asyncio.run(scenario())
+        assert sorted(a["ack"] for a in answers) == [1, 2, 3]
+        assert code == 1001
+        assert gw.stop() == 0
+    stored = [v["event_id"] for v in values(read_topic(kafka_broker.bootstrap_servers, topic))]
+    assert stored == ["e-0", "e-1", "e-2", "e-3"]
