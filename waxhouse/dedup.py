@@ -30,7 +30,7 @@ import xxhash
 
 from waxhouse.segments import Segment
 
-__all__ = ["CHUNK_EVENTS", "DedupState", "identity_bytes"]
+__all__ = ["CHUNK_EVENTS", "DedupState", "identity_bytes", "identity_hashes"]
 
 CHUNK_EVENTS = 4096
 """Remembered events per chunk: 16 bytes each, so a full chunk is a sealed `Segment`."""
@@ -64,6 +64,18 @@ def identity_bytes(indexes: Sequence[int]) -> Callable[[tuple], bytes]:
     return identity
 
 
+def identity_hashes(indexes: Sequence[int]) -> Callable[[list[tuple]], list[int]]:
+    """The 64-bit hashes of a batch of events' identities (`identity_bytes`), in one pass
+    of comprehensions."""
+    if len(indexes) == 2:
+        first, second = indexes
+        return lambda events: list(
+            map(_digest, [f"{len(e[first])}:{e[first]}{e[second]}".encode() for e in events])
+        )
+    identity = identity_bytes(indexes)
+    return lambda events: list(map(_digest, map(identity, events)))
+
+
 class DedupState:
     """One source partition's remembered identities; see the module docstring.
 
@@ -83,7 +95,7 @@ class DedupState:
         self._hashes: array[int] = array("Q")  # the open chunk, in arrival order
         self._times: array[int] = array("q")
         self._chunks: deque[tuple[int, Segment]] = deque()  # (largest time, sealed chunk)
-        self._key = identity_bytes(self.identity)
+        self._hash_all = identity_hashes(self.identity)
 
     def __len__(self) -> int:
         return len(self.seen)
@@ -99,13 +111,33 @@ class DedupState:
     def split(self, events: list[tuple], watermark: int) -> tuple[list[tuple], list[tuple]]:
         """`events` (in partition order, arriving at `watermark`) -> (the events to count,
         the duplicates). Remembers the events to count."""
-        seen, get, key, digest = self.seen, self.seen.get, self._key, _digest
+        hashes = self._hash_all(events)
+        seen = self.seen
+        time = self.time_index
+        copies: list[tuple] = []
+        if not any(map(seen.__contains__, hashes)) and len(set(hashes)) == len(hashes):
+            # Every identity new to the partition (the usual batch): all of it counts.
+            times = [event[time] for event in events]
+            seen.update(zip(hashes, times, strict=True))
+            self._hashes.extend(hashes)
+            self._times.extend(times)
+            kept = events
+            watermark = max(watermark, max(times))
+        else:
+            kept, copies, watermark = self._split_one_by_one(events, hashes, watermark)
+        self._seal()
+        self.forget(watermark)
+        return kept, copies
+
+    def _split_one_by_one(
+        self, events: list[tuple], hashes: list[int], watermark: int
+    ) -> tuple[list[tuple], list[tuple], int]:
+        seen, get = self.seen, self.seen.get
         time, horizon = self.time_index, self.horizon_ms
         remember_hash, remember_time = self._hashes.append, self._times.append
         kept: list[tuple] = []
         copies: list[tuple] = []
-        for event in events:
-            h = digest(key(event))
+        for event, h in zip(events, hashes, strict=True):
             earlier = get(h)
             if earlier is not None and earlier >= watermark - horizon:
                 copies.append(event)
@@ -117,9 +149,7 @@ class DedupState:
             if ts > watermark:
                 watermark = ts
             kept.append(event)
-        self._seal()
-        self.forget(watermark)
-        return kept, copies
+        return kept, copies, watermark
 
     def forget(self, watermark: int) -> None:
         """Drop the chunks whose every event time is behind `watermark` minus the horizon:

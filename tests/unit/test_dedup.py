@@ -11,13 +11,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.oracle import oracle
 from tests.support.retries import with_retries
 from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
-from waxhouse.dedup import CHUNK_EVENTS, DedupState, identity_bytes
+from waxhouse.dedup import CHUNK_EVENTS, DedupState, identity_bytes, identity_hashes
 from waxhouse.engine import NO_WATERMARK
 from waxhouse.pipeline import PipelineError
 from waxhouse.segments import Segment
@@ -123,6 +124,10 @@ def test_identity_bytes_keep_fields_apart() -> None:
     assert three(("a\x00", "b", "c")) != three(("a", "\x00b", "c"))
     with pytest.raises(ValueError, match="at least one field"):
         identity_bytes(())
+    events = [("ab", "c", "x"), ("a", "bc", "y"), ("é", "\x00", "z")]
+    for indexes in ((0,), (0, 1), (0, 1, 2), (2, 0)):
+        expected = [xxhash.xxh3_64_intdigest(identity_bytes(indexes)(e)) for e in events]
+        assert identity_hashes(indexes)(events) == expected
 
 
 def plain_rule(events: list[tuple], horizon_ms: int) -> list[bool]:
