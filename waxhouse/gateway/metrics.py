@@ -6,6 +6,10 @@ raw URL; no label ever holds a token, a key or a client address.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
@@ -30,3 +34,29 @@ WEBSOCKETS = Gauge("waxhouse_gateway_websockets", "Open WebSocket connections")
 KAFKA_READY = Gauge(
     "waxhouse_gateway_kafka_ready", "1 while Kafka is reachable (what /readyz answers), else 0"
 )
+
+
+@cache
+def answered(path: str, status: int) -> Any:
+    """The `REQUESTS` child of (path, status), looked up once (paths and statuses are few)."""
+    return REQUESTS.labels(path, str(status))
+
+
+@dataclass(frozen=True)
+class RouteMetrics:
+    """A route's children of the per-path metrics, looked up once."""
+
+    in_flight: Any
+    ack_seconds: Any
+    accepted: Any
+    rejected: Any
+
+
+@cache
+def route(path: str) -> RouteMetrics:
+    return RouteMetrics(
+        IN_FLIGHT.labels(path),
+        ACK_SECONDS.labels(path),
+        EVENTS.labels(path, "accepted"),
+        EVENTS.labels(path, "rejected"),
+    )

@@ -127,11 +127,11 @@ class Gateway:
         try:
             response = await handler(request)
         except web.HTTPException as e:
-            metrics.REQUESTS.labels(label, str(e.status)).inc()
+            metrics.answered(label, e.status).inc()
             e.headers.update(cors)
             raise
         if not isinstance(response, web.WebSocketResponse):
-            metrics.REQUESTS.labels(label, str(response.status)).inc()
+            metrics.answered(label, response.status).inc()
             if cors and not response.prepared:
                 response.headers.update(cors)
         return response
@@ -222,7 +222,8 @@ class Gateway:
                 delivery = self.producer.send(route.topic, batch.keys, batch.values, now_ms)
             except Unavailable as e:
                 raise Refused(503, str(e), RETRY_AFTER_S) from None
-            gauge = metrics.IN_FLIGHT.labels(label)
+            counted = metrics.route(label)
+            gauge = counted.in_flight
             gauge.inc()
             try:
                 error = await delivery.wait()
@@ -232,10 +233,10 @@ class Gateway:
                 raise Refused(
                     503, f"Kafka did not acknowledge every event ({error}); retry", RETRY_AFTER_S
                 )
-            metrics.ACK_SECONDS.labels(label).observe(time.perf_counter() - read_at)
-            metrics.EVENTS.labels(label, "accepted").inc(batch.accepted)
+            counted.ack_seconds.observe(time.perf_counter() - read_at)
+            counted.accepted.inc(batch.accepted)
         if batch.rejected:
-            metrics.EVENTS.labels(label, "rejected").inc(len(batch.rejected))
+            metrics.route(label).rejected.inc(len(batch.rejected))
         return batch
 
     # --- WebSocket ---------------------------------------------------------------------
@@ -383,10 +384,10 @@ class _Socket:
                 raise Refused(401, "a valid bearer token is required")
             batch = await self.gateway.store(self.route, self.label, self.caller, events, read_at)
         except Refused as refused:
-            metrics.REQUESTS.labels(self.label, str(refused.status)).inc()
+            metrics.answered(self.label, refused.status).inc()
             await self._send_error(seq, refused)
         else:
-            metrics.REQUESTS.labels(self.label, "200").inc()
+            metrics.answered(self.label, 200).inc()
             await self._send({"ack": seq, "accepted": batch.accepted, "rejected": batch.rejected})
         finally:
             self.window.release()
