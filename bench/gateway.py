@@ -67,6 +67,7 @@ TOKEN = "bench-" + "t" * 26
 BATCH = 100
 PARTITIONS = 4
 CEILING_EVENTS = 400_000
+POLL_EVERY = 100
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -285,15 +286,16 @@ def bare_producer(
     servers: str, topic: str, keyed: list[tuple[bytes, bytes]], n: int
 ) -> tuple[float, float]:
     """(events/s, CPU share of one core) of the gateway's Kafka client with the gateway's
-    producer settings (`GatewayProducer`'s librdkafka configuration) in a bare loop: `n`
-    of the events (ids made unique), each with a delivery callback counting its
-    acknowledgement, served by a polling thread as in the gateway; timed from the first
-    `produce` to the end of the flush, after a metadata fetch has connected it."""
+    producer settings (`GatewayProducer`'s librdkafka configuration) in a bare loop on one
+    thread: `n` of the events (ids made unique) produced, each with a delivery callback
+    counting its acknowledgement, delivery reports served by `poll(0)` every `POLL_EVERY`
+    events (and while the queue is full), then a flush; timed from the first `produce` to
+    the end of the flush, after a metadata fetch has connected it."""
     import resource
 
     from confluent_kafka import KafkaError, Producer
 
-    from waxhouse.gateway.producer import POLL_S, GatewayProducer
+    from waxhouse.gateway.producer import GatewayProducer
     from waxhouse.settings import GatewaySettings
 
     values = []
@@ -311,38 +313,28 @@ def bare_producer(
     producer = Producer({k: v for k, v in settings.items() if k not in ("logger", "error_cb")})
     producer.list_topics(topic, timeout=30)
     acked = 0
-    lock = threading.Lock()
 
     def count(error: KafkaError | None, _message: object) -> None:
         nonlocal acked
         if error is None:
-            with lock:
-                acked += 1
+            acked += 1
 
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            producer.poll(POLL_S)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     now_ms = int(time.time() * 1000)
-    produce = producer.produce
-    for key, value in values:
+    produce, poll = producer.produce, producer.poll
+    for i, (key, value) in enumerate(values):
         while True:
             try:
                 produce(topic, value, key, on_delivery=count, timestamp=now_ms)
                 break
             except BufferError:
-                time.sleep(0.001)
+                poll(0.001)
+        if i % POLL_EVERY == 0:
+            poll(0)
     producer.flush(60)
     elapsed = time.perf_counter() - started
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    stop.set()
-    poller.join()
     if acked != n:
         raise RuntimeError(f"the bare producer had {acked} of {n} events acknowledged")
     cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
@@ -353,7 +345,10 @@ def bare_producer(
 
 GROUPS = (
     ("Kafka: produce calls (librdkafka's enqueue)", ("GatewayProducer.send ",)),
-    ("Kafka: delivery callbacks (the poll thread)", ("GatewayProducer._poll ", "Delivery.")),
+    (
+        "Kafka: delivery reports (poll, callbacks)",
+        ("GatewayProducer.pump ", "GatewayProducer._poll ", "Delivery."),
+    ),
     ("Kafka: readiness checks", ("GatewayProducer._check ", "GatewayProducer._watch ")),
     ("JSON decoding (decode_body: orjson)", ("decode_body ", "gunzip ")),
     ("validation (the flow's parser)", ("validate (waxhouse/gateway/body.py", "fields.py")),
