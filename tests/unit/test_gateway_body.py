@@ -131,13 +131,13 @@ def test_accepted_events_are_produced_as_sent_keyed_by_the_key_field() -> None:
 
 def test_rejections_carry_the_index_and_the_flow_parser_error() -> None:
     sent = [event(0), {"event_id": "e1", "ts": NOW_MS}, [], event(3, ts="yesterday")]
-    batch = validate(SCHEMA, "user_id", sent, now_ms=NOW_MS, max_future_ms=0, first_index=10)
+    batch = validate(SCHEMA, "user_id", sent, now_ms=NOW_MS, max_future_ms=0)
     assert batch.accepted == 1
     assert batch.rejected == [
-        {"index": 11, "error": "user_id: required"},
-        {"index": 12, "error": "expected a JSON object, got list"},
+        {"index": 1, "error": "user_id: required"},
+        {"index": 2, "error": "expected a JSON object, got list"},
         {
-            "index": 13,
+            "index": 3,
             "error": "ts: not an RFC 3339 timestamp with an explicit offset (Z or ±hh:mm)",
         },
     ]
@@ -152,9 +152,45 @@ def test_the_future_rule_is_checked_against_the_produced_timestamp(
     )
     assert batch.accepted == accepted
     if not accepted:
-        assert batch.rejected[0]["error"].startswith("ts: 5.001 s ahead")
+        assert batch.rejected[0]["error"] == (
+            "ts: 5.001 s ahead of the record's timestamp (at most 5 s allowed)"
+        )
 
 
 def test_without_a_key_field_records_have_no_key() -> None:
     batch = validate(SCHEMA, None, [event(0)], now_ms=NOW_MS, max_future_ms=0)
     assert batch.keys == [None]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {"event_id": st.text(max_size=20), "user_id": st.text(max_size=20)},
+                optional={
+                    "ts": st.one_of(st.integers(-5, 2 * NOW_MS), st.text(max_size=30)),
+                    "value": st.one_of(
+                        st.floats(allow_nan=False, allow_infinity=False),
+                        st.integers(-(2**63), 2**63 - 1),  # what orjson decodes
+                        st.none(),
+                    ),
+                },
+            ),
+            st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2),
+        ),
+        max_size=12,
+    )
+)
+def test_each_event_gets_what_the_flow_would_make_of_its_record(events: list) -> None:
+    batch = validate(SCHEMA, "user_id", events, now_ms=NOW_MS, max_future_ms=60_000)
+    rejected = {r["index"]: r["error"] for r in batch.rejected}
+    produced = iter(zip(batch.keys, batch.values, strict=True))
+    for index, event in enumerate(events):
+        record = orjson.dumps(event)
+        flow = SCHEMA.parse_record(record, "events/0", index, NOW_MS, 60_000)
+        if type(flow) is SCHEMA.event_type:
+            assert index not in rejected
+            assert next(produced) == (event["user_id"].encode(), record)
+        else:
+            assert rejected[index] == flow.error
+    assert next(produced, None) is None

@@ -5,8 +5,8 @@
 
 `decode_body` raises `BodyError` with the HTTP status the whole request gets (400, 413,
 415); `validate` never raises: every event is accepted (with its Kafka key and value) or
-rejected with its index and the flow's own error text, as the contract's
-`{"accepted": n, "rejected": [{"index": i, "error": "..."}]}` says.
+rejected with its index and the error text of the flow's own dead letter, as the
+contract's `{"accepted": n, "rejected": [{"index": i, "error": "..."}]}` says.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from typing import Any
 
 import orjson
 
-from waxhouse.fields import InvalidField, Schema
+from waxhouse.fields import PAYLOAD, Schema
+from waxhouse.records import InputBatch
 
 JSON_TYPES = frozenset({"application/json", "text/plain"})
 """Read as one JSON document. `text/plain` is what a browser's `navigator.sendBeacon` and
 a `fetch` without a preflight send; its body is read as JSON too."""
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
 ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip"})
+_PART = "gateway"  # names the request's records in the parser's dead letters
 
 
 class BodyError(Exception):
@@ -137,36 +139,37 @@ def validate(
     *,
     now_ms: int,
     max_future_ms: int,
-    first_index: int = 0,
 ) -> Batch:
-    """Check each event with the flow's own parser (`Schema.parse_object`) and its
-    `future` rule against `now_ms`, the timestamp the records are produced with.
+    """Check the events with the flow's own parser, exactly as the flow will read them:
+    each is encoded as the record it would become (its JSON as decoded, unknown fields
+    kept, re-encoded compactly) with `now_ms` as its Kafka timestamp, and the batch goes
+    through `Schema.parse_batch` (the flow's generated loop, whose answers are
+    `parse_record`'s: the field rules, then the `future` rule against that timestamp).
 
-    The value produced is the event's JSON as sent (unknown fields kept, re-encoded
-    compactly); the key is the `key` field's value in UTF-8.
+    Accepted events keep their record bytes as the value to produce and the `key`
+    field's value in UTF-8 as the key; a rejected one is listed with its index in
+    `events` and the error its dead letter would carry.
     """
     batch = Batch()
-    time_index = schema.time_index
-    key_index = None if key is None else schema.names.index(key)
-    for index, event in enumerate(events, first_index):
+    positions: list[int] = []
+    records: list[bytes | None] = []
+    for index, event in enumerate(events):
         if isinstance(event, _NotJson):
             batch.rejected.append({"index": index, "error": event.error})
-            continue
-        try:
-            values = schema.parse_object(event)
-        except InvalidField as e:
-            batch.rejected.append({"index": index, "error": str(e)})
-            continue
-        ahead_ms = values[time_index] - now_ms
-        if ahead_ms > max_future_ms:
-            batch.rejected.append(
-                {
-                    "index": index,
-                    "error": f"{schema.event_time}: {ahead_ms / 1000:.3f} s ahead of the "
-                    f"gateway's clock (at most {max_future_ms / 1000:g} s allowed)",
-                }
-            )
-            continue
-        batch.values.append(orjson.dumps(event))
-        batch.keys.append(None if key_index is None else str(values[key_index]).encode())
+        else:
+            positions.append(index)
+            records.append(orjson.dumps(event))
+    count = len(records)
+    parsed, dead = schema.parse_batch(
+        InputBatch(_PART, positions, records, [now_ms] * count), max_future_ms
+    )
+    key_index = None if key is None else schema.index(key)
+    for event in parsed:
+        batch.values.append(event[PAYLOAD])
+        batch.keys.append(None if key_index is None else str(event[key_index]).encode())
+    for letter in dead:
+        index = int(letter.source.rpartition("/")[2])  # record_source(_PART, position)
+        batch.rejected.append({"index": index, "error": letter.error})
+    if dead and len(batch.rejected) > len(dead):
+        batch.rejected.sort(key=lambda rejected: rejected["index"])
     return batch
