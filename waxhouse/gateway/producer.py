@@ -160,7 +160,10 @@ class GatewayProducer:
         """Serve librdkafka's reports (deliveries, errors, logs) on the loop until closed."""
         poll = self._producer.poll
         while not self._closed:
-            poll(0)
+            try:
+                poll(0)
+            except Exception:  # a callback failed: keep serving the others' reports
+                logger.exception("serving Kafka delivery reports failed")
             if self.in_flight_events:
                 await asyncio.sleep(PUMP_S)
                 continue
