@@ -255,6 +255,15 @@ def run_gateway(settings: Settings, args: argparse.Namespace) -> None:
         ) from None
     routes = gateway_routes(settings, args.flow, args.route)
     config = settings.gateway
+    logger.info(
+        "gateway starting: %s",
+        {
+            "routes": {route.path: route.topic for route in routes},
+            "kafka_bootstrap_servers": settings.kafka_bootstrap_servers,
+            "kafka_security_protocol": settings.kafka_security.protocol,
+            **config.describe(),
+        },
+    )
     if not config.tokens:
         logger.warning(
             "GATEWAY_TOKENS and GATEWAY_TOKENS_FILE are unset: anyone who reaches %s can send",
@@ -363,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schema" and args.print:
             print_schema(pipeline_statements(args.pipeline), args.cluster, sys.stdout)
             return 0
-        settings = load_settings()
+        settings = load_settings(gateway=args.command == "gateway")
         target = parse_clickhouse_url(settings.clickhouse_url)
         params = _parameters(args.param) if args.command == "sql" else {}
         if args.command == "produce":

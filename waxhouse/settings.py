@@ -166,7 +166,6 @@ class Settings:
             "generator_events": self.generator_events,
             "generator_rate": self.generator_rate,
             "generator_seed": self.generator_seed,
-            **self.gateway.describe(),
         }
 
 
@@ -327,8 +326,10 @@ def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
     )
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings from `environ` (default: the process environment)."""
+def load_settings(environ: Mapping[str, str] | None = None, *, gateway: bool = False) -> Settings:
+    """Build the settings from `environ` (default: the process environment). The GATEWAY_*
+    variables are read only with `gateway` (`waxhouse gateway`): a flow neither checks them
+    nor reads the tokens, and its `gateway` settings are the defaults."""
     env = os.environ if environ is None else environ
     store = _text(env, "CLICKHOUSE_URL") or f"chdb://{os.path.abspath(DEFAULT_STORE)}"
     offset = _choice(env, "KAFKA_STARTING_OFFSET", "earliest", ("earliest", "latest"))
@@ -367,5 +368,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         generator_rate=_float(env, "GENERATOR_RATE", 0.0),
         generator_seed=_int(env, "GENERATOR_SEED", DEFAULT_GENERATOR_SEED),
         log_level=_choice(env, "WAXHOUSE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
-        gateway=load_gateway_settings(env),
+        gateway=load_gateway_settings(env) if gateway else GatewaySettings(),
     )

@@ -814,7 +814,7 @@ def test_the_gateway_service_serves_the_flows_topics_where_it_is_probed(
     args = build_parser().parse_args(command[1:])
     assert args.command == "gateway"
     environment = interpolate(gateway["environment"], env_example)
-    settings = load_settings({k: str(v) for k, v in environment.items()})
+    settings = load_settings({k: str(v) for k, v in environment.items()}, gateway=True)
     assert settings.gateway.tokens == tuple(env_example["GATEWAY_TOKENS"].split(","))
     host, port = settings.gateway.listen.rsplit(":", 1)
     assert host == "0.0.0.0", "inside the container: every interface, or nothing reaches it"

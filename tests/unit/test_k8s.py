@@ -699,9 +699,10 @@ def test_gateway_is_probed_and_served_on_the_port_it_listens_on(
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     monitor = find(built["monitoring"], "PodMonitor", "waxhouse-gateway")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
-    assert not monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels(
-        find(built["base"], "StatefulSet")
-    ).items(), "the gateway's PodMonitor would scrape the flow too"
+    assert (
+        not monitor["spec"]["selector"]["matchLabels"].items()
+        <= pod_labels(find(built["base"], "StatefulSet")).items()
+    ), "the gateway's PodMonitor would scrape the flow too"
     flows = find(built["monitoring"], "PodMonitor", "waxhouse")
     assert not selects(flows["spec"]["selector"], pod_labels(deployment)), "nor the other way"
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
@@ -733,14 +734,15 @@ def test_gateway_writes_the_topics_the_flows_read_with_their_kafka_settings(
     example = yaml.safe_load((K8S / "gateway" / "secret.example.yaml").read_text())
     (tokens,) = example["stringData"].values()
     (tmp_path / "tokens").write_text(tokens)
-    settings = load_settings(env | {"GATEWAY_TOKENS_FILE": str(tmp_path / "tokens")})
+    settings = load_settings(env | {"GATEWAY_TOKENS_FILE": str(tmp_path / "tokens")}, gateway=True)
     assert settings.kafka_topic == config["KAFKA_TOPIC"]
     assert settings.sensors_topic == sensors["SENSORS_TOPIC"]
     assert settings.gateway.listen == env["GATEWAY_LISTEN"]
     assert settings.gateway.tokens == ("TOKEN",)
-    assert pod_spec(deployment)["serviceAccountName"] == find(
-        built["base"], "ServiceAccount"
-    )["metadata"]["name"]
+    assert (
+        pod_spec(deployment)["serviceAccountName"]
+        == find(built["base"], "ServiceAccount")["metadata"]["name"]
+    )
 
 
 def test_gateway_tokens_come_from_their_secret_as_a_read_only_file(

@@ -264,7 +264,7 @@ def test_invalid_sensors_settings_fail_naming_the_variable(
 
 
 def test_the_gateway_settings_and_their_defaults() -> None:
-    gateway = load_settings({}).gateway
+    gateway = load_settings({}, gateway=True).gateway
     assert gateway.listen == "127.0.0.1:8080"
     assert gateway.tokens == ()
     assert (gateway.rate_per_token, gateway.cors_origins) == (0.0, ())
@@ -277,7 +277,8 @@ def test_the_gateway_settings_and_their_defaults() -> None:
             "GATEWAY_CORS_ORIGINS": "https://shop.example, https://app.example",
             "GATEWAY_MAX_BODY_BYTES": "2048",
             "GATEWAY_WS_MAX_INFLIGHT": "4",
-        }
+        },
+        gateway=True,
     ).gateway
     assert custom.listen == "0.0.0.0:9000"
     assert custom.tokens == ("a1", "b2")
@@ -289,11 +290,11 @@ def test_the_gateway_settings_and_their_defaults() -> None:
 def test_gateway_tokens_from_a_file_never_show_in_repr_or_description(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# one a line\ntok-one\n\n  tok-two  \n")
-    settings = load_settings({"GATEWAY_TOKENS_FILE": str(path)})
+    settings = load_settings({"GATEWAY_TOKENS_FILE": str(path)}, gateway=True)
     assert settings.gateway.tokens == ("tok-one", "tok-two")
-    text = repr(settings) + str(settings.describe())
+    text = repr(settings) + str(settings.describe()) + str(settings.gateway.describe())
     assert "tok-one" not in text and "tok-two" not in text
-    assert settings.describe()["gateway_tokens"] == 2
+    assert settings.gateway.describe()["gateway_tokens"] == 2
 
 
 @pytest.mark.parametrize(
@@ -316,4 +317,6 @@ def test_invalid_gateway_settings_fail_naming_the_variable(
     env: dict[str, str], variable: str
 ) -> None:
     with pytest.raises(SettingsError, match=variable):
-        load_settings(env)
+        load_settings(env, gateway=True)
+    # A flow reads none of them: a gateway's settings cannot stop it, nor its tokens reach it.
+    assert load_settings(env).gateway == load_settings({}).gateway
