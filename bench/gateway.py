@@ -351,7 +351,10 @@ GROUPS = (
     ),
     ("Kafka: readiness checks", ("GatewayProducer._check ", "GatewayProducer._watch ")),
     ("JSON decoding (decode_body: orjson)", ("decode_body ", "gunzip ")),
-    ("validation (the flow's parser)", ("validate (waxhouse/gateway/body.py", "fields.py")),
+    (
+        "validation (each event re-encoded, the flow's batch parser)",
+        ("validate (waxhouse/gateway/body.py", "fields.py", "parse_batch"),
+    ),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("HTTP and WebSocket (aiohttp)", ("aiohttp/",)),
     ("asyncio: the loop, socket reads and writes", ("asyncio/", "selectors.py")),
