@@ -21,11 +21,13 @@ n / 2**64 (a partition remembering ten million: one in 1.8 trillion events).
 
 from __future__ import annotations
 
+import operator
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 import xxhash
 
 from waxhouse.segments import Segment
@@ -39,41 +41,21 @@ _digest = xxhash.xxh3_64_intdigest
 
 
 def identity_bytes(indexes: Sequence[int]) -> Callable[[tuple], bytes]:
-    """The identity of an event, from the strings at `indexes`, as bytes to hash: each
-    string but the last prefixed with its length, so that no two identities give the same
-    bytes (`("ab", "c")` is `2:abc`, `("a", "bc")` is `1:abc`)."""
+    """The identity of an event, the strings at `indexes`, as bytes to hash: their JSON
+    (`["ab","c"]`), so that no two identities give the same bytes."""
     if not indexes:
         raise ValueError("an identity needs at least one field")
-    if len(indexes) == 1:
-        (only,) = indexes
-        return lambda event: event[only].encode()
-    if len(indexes) == 2:
-        first, second = indexes
-
-        def pair(event: tuple) -> bytes:
-            head = event[first]
-            return f"{len(head)}:{head}{event[second]}".encode()
-
-        return pair
-    *heads, last = indexes
-
-    def identity(event: tuple) -> bytes:
-        prefix = "".join([f"{len(event[i])}:{event[i]}" for i in heads])
-        return (prefix + event[last]).encode()
-
-    return identity
+    values = operator.itemgetter(*indexes)
+    return lambda event: orjson.dumps(values(event))
 
 
 def identity_hashes(indexes: Sequence[int]) -> Callable[[list[tuple]], list[int]]:
     """The 64-bit hashes of a batch of events' identities (`identity_bytes`), in one pass
-    of comprehensions."""
-    if len(indexes) == 2:
-        first, second = indexes
-        return lambda events: list(
-            map(_digest, [f"{len(e[first])}:{e[first]}{e[second]}".encode() for e in events])
-        )
-    identity = identity_bytes(indexes)
-    return lambda events: list(map(_digest, map(identity, events)))
+    of C-level maps."""
+    if not indexes:
+        raise ValueError("an identity needs at least one field")
+    values = operator.itemgetter(*indexes)
+    return lambda events: list(map(_digest, map(orjson.dumps, map(values, events))))
 
 
 class DedupState:
