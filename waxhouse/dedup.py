@@ -25,6 +25,7 @@ import operator
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import compress, repeat
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ import xxhash
 
 from waxhouse.segments import Segment
 
-__all__ = ["CHUNK_EVENTS", "DedupState", "identity_bytes", "identity_hashes"]
+__all__ = ["CHUNK_EVENTS", "DedupState", "identity_hashes"]
 
 CHUNK_EVENTS = 4096
 """Remembered events per chunk: 16 bytes each, so a full chunk is a sealed `Segment`."""
@@ -40,22 +41,26 @@ CHUNK_EVENTS = 4096
 _digest = xxhash.xxh3_64_intdigest
 
 
-def identity_bytes(indexes: Sequence[int]) -> Callable[[tuple], bytes]:
-    """The identity of an event, the strings at `indexes`, as bytes to hash: their JSON
-    (`["ab","c"]`), so that no two identities give the same bytes."""
-    if not indexes:
-        raise ValueError("an identity needs at least one field")
-    values = operator.itemgetter(*indexes)
-    return lambda event: orjson.dumps(values(event))
-
-
 def identity_hashes(indexes: Sequence[int]) -> Callable[[list[tuple]], list[int]]:
-    """The 64-bit hashes of a batch of events' identities (`identity_bytes`), in one pass
-    of C-level maps."""
+    """The 64-bit hashes of a batch of events' identities, the strings at `indexes`.
+
+    Never two identities of one arity to the same input: one field hashes its UTF-8; two
+    fields hash their concatenation, seeded with the first one's length (`("ab", "c")` and
+    `("a", "bc")` are `abc` under seeds 2 and 1); more hash their JSON (`["a","b","c"]`).
+    """
     if not indexes:
         raise ValueError("an identity needs at least one field")
+    digest = _digest
+    if len(indexes) == 1:
+        (only,) = indexes
+        return lambda events: [digest(e[only].encode()) for e in events]
+    if len(indexes) == 2:
+        first, second = indexes
+        return lambda events: [
+            digest((e[first] + e[second]).encode(), len(e[first])) for e in events
+        ]
     values = operator.itemgetter(*indexes)
-    return lambda events: list(map(_digest, map(orjson.dumps, map(values, events))))
+    return lambda events: list(map(digest, map(orjson.dumps, map(values, events))))
 
 
 class DedupState:
@@ -74,8 +79,8 @@ class DedupState:
         self.time_index = time_index
         self.horizon_ms = horizon_ms
         self.seen: dict[int, int] = {}  # identity hash -> largest event time counted
-        self._hashes: array[int] = array("Q")  # the open chunk, in arrival order
-        self._times: array[int] = array("q")
+        self._hashes: list[int] = []  # the open chunk, in arrival order
+        self._times: list[int] = []
         self._chunks: deque[tuple[int, Segment]] = deque()  # (largest time, sealed chunk)
         self._hash_all = identity_hashes(self.identity)
 
@@ -99,7 +104,7 @@ class DedupState:
         copies: list[tuple] = []
         if not any(map(seen.__contains__, hashes)) and len(set(hashes)) == len(hashes):
             # Every identity new to the partition (the usual batch): all of it counts.
-            times = [event[time] for event in events]
+            times = list(map(operator.itemgetter(time), events))
             seen.update(zip(hashes, times, strict=True))
             self._hashes.extend(hashes)
             self._times.extend(times)
@@ -141,9 +146,9 @@ class DedupState:
         while chunks and chunks[0][0] < limit:
             _, chunk = chunks.popleft()
             hashes, _times = _unpack(chunk.load())
-            for h in hashes:
-                if seen.get(h, limit) < limit:
-                    del seen[h]
+            # Each hash whose largest time is behind the limit (a later copy may be newer).
+            stale = compress(hashes, map(limit.__gt__, map(seen.get, hashes, repeat(limit))))
+            deque(map(seen.pop, stale, repeat(None)), maxlen=0)
 
     def _seal(self) -> None:
         hashes, times = self._hashes, self._times
@@ -151,7 +156,10 @@ class DedupState:
             return
         for start in range(0, len(hashes) - CHUNK_EVENTS + 1, CHUNK_EVENTS):
             end = start + CHUNK_EVENTS
-            chunk = (hashes[start:end].tobytes(), times[start:end].tobytes())
+            chunk = (
+                array("Q", hashes[start:end]).tobytes(),
+                array("q", times[start:end]).tobytes(),
+            )
             self._chunks.append((max(times[start:end]), Segment.of(chunk)))
         rest = len(hashes) - len(hashes) % CHUNK_EVENTS
         del hashes[:rest]
@@ -164,7 +172,7 @@ class DedupState:
             "time_index": self.time_index,
             "horizon_ms": self.horizon_ms,
             "chunks": list(self._chunks),
-            "open": (self._hashes.tobytes(), self._times.tobytes()),
+            "open": (_bytes("Q", self._hashes), _bytes("q", self._times)),
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -172,14 +180,19 @@ class DedupState:
             state["identity"], state["names"], state["time_index"], state["horizon_ms"]
         )
         self._chunks = deque(state["chunks"])
-        self._hashes, self._times = _unpack(state["open"])
+        open_hashes, open_times = _unpack(state["open"])
+        self._hashes, self._times = open_hashes.tolist(), open_times.tolist()
         seen = self.seen
         chunks = [_unpack(chunk.load()) for _, chunk in self._chunks]
-        for hashes, times in [*chunks, (self._hashes, self._times)]:
+        for hashes, times in [*chunks, (open_hashes, open_times)]:
             for h, ts in zip(hashes, times, strict=True):
                 earlier = seen.get(h)
                 if earlier is None or ts > earlier:
                     seen[h] = ts
+
+
+def _bytes(typecode: str, values: list[int]) -> bytes:
+    return array(typecode, values).tobytes()
 
 
 def _unpack(chunk: tuple[bytes, bytes]) -> tuple[array[int], array[int]]:
