@@ -518,6 +518,19 @@ def print_run(number: int, run: Run) -> None:
 # --- the report ----------------------------------------------------------------------------
 
 
+def others(rounds: list[Round]) -> float:
+    """Cores busy with anything but the gateway, the broker and the load client (median
+    over every measured window)."""
+    cores = os.cpu_count() or 1
+    return median(
+        [
+            max(0.0, run.machine_busy * cores - run.gateway_cpu - run.client_cpu - run.broker_cpu)
+            for r in rounds
+            for run in r.runs.values()
+        ]
+    )
+
+
 def quantile(values: Sequence[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")
 
@@ -549,9 +562,11 @@ def report(
         f"`{command}`",
         "",
         f"Gateway at commit {flow_version()}; {os.cpu_count()} CPUs, the broker, the gateway"
-        " (one process) and the load client on the same machine. **The machine was shared**:"
-        " other agents ran tests while this ran, so the numbers are lower bounds of a quiet"
-        f" machine. Medians of {len(rounds)} rounds; each round a fresh gateway and topic"
+        " (one process) and the load client on the same machine. **The machine was shared**"
+        " with other agents' tests: in the measured windows, processes other than the"
+        f" gateway, the broker and the load client took a median {others(rounds):.2f} of the"
+        f" {os.cpu_count()} cores. Medians of {len(rounds)} rounds; each round a fresh gateway"
+        " and topic"
         f" ({PARTITIONS} partitions), one measured window of {args.seconds:g} s per scenario"
         f" after {args.warmup:g} s of warm-up, the scenarios' order rotating; the load client"
         f" in {args.clients} process(es) of its own (`bench.gateway_load`).",
@@ -713,6 +728,7 @@ def chart(rounds: list[Round], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [
@@ -747,6 +763,9 @@ def chart(rounds: list[Round], path: Path) -> None:
     right.axvline(TARGETS["p99_ms"], color="tab:red", linestyle="--", label="p99 target")
     right.axhline(0.99, color="tab:gray", linestyle=":")
     right.set_xscale("log")
+    right.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    right.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     right.set_xlabel("ms from due to answered (open loop, 50% of batched capacity)")
     right.set_ylabel("share of requests")
     right.set_title("acknowledgement latency, CDF")
