@@ -20,9 +20,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from tests.support.clickhouse import query_rows
+from tests.support.dlq import read_partitions
 from tests.support.flow import run_flow
 from tests.support.gateway import start_gateway
 from tests.support.kafka_broker import KafkaBroker, TopicFactory
@@ -172,25 +172,6 @@ async def ws_client(name: str, gateway_url: list[str], ledger: Ledger, seed: int
                 await asyncio.sleep(0.3)
 
 
-def read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int, bytes]]:
-    """(partition, offset, value) of every record of `topic`, to its end."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out: list[tuple[int, int, bytes]] = []
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"{len(out)} records read"
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                out.extend((tp.partition, r.offset, r.value) for r in records)
-        return out
-    finally:
-        consumer.close()
-
-
 def test_every_acknowledged_event_counts_exactly_once_across_broker_and_gateway_crashes(
     kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
@@ -234,7 +215,7 @@ def test_every_acknowledged_event_counts_exactly_once_across_broker_and_gateway_
     cut = sum(n for kind, n in ledger.failures.items() if not kind.startswith(("http", "ws")))
     assert cut > 0, ledger.failures
 
-    records = read_all(bootstrap, topic, 2)
+    records = [(r.partition, r.offset, r.value) for r in read_partitions(bootstrap, topic, 2)]
     in_topic = Counter(orjson.loads(value)["event_id"] for _, _, value in records)
     assert set(in_topic) == ledger.acked  # nothing stored that was never sent
     copies = sum(in_topic.values()) - len(in_topic)

@@ -12,6 +12,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
+from tests.support.dlq import read_partitions
 from tests.support.java_producer import JavaProducer, JavaProducerError
 from tests.support.kafka_broker import TopicFactory
 
@@ -23,26 +24,8 @@ Read = dict[tuple[int, int], tuple[bytes | None, bytes | None, int]]  # (p, offs
 def read_all(bootstrap: str, topic: str, partitions: int, *, committed_only: bool = True) -> Read:
     """Every record up to each partition's end (the last stable offset when reading
     committed), by (partition, offset)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_committed" if committed_only else "read_uncommitted",
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        seen: Read = {}
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"did not reach {ends}"
-            for tp, messages in consumer.poll(timeout_ms=500).items():
-                for m in messages:
-                    seen[(tp.partition, m.offset)] = (m.key, m.value, m.timestamp)
-        return seen
-    finally:
-        consumer.close()
+    records = read_partitions(bootstrap, topic, partitions, committed_only=committed_only)
+    return {(r.partition, r.offset): (r.key, r.value, r.timestamp) for r in records}
 
 
 def end_offsets(bootstrap: str, topic: str, *, committed_only: bool) -> int:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
+from tests.support.dlq import read_partitions
 from tests.support.flow import run_flow
 
 pytestmark = pytest.mark.integration
@@ -36,21 +36,7 @@ def produce(bootstrap: str, topic: str, *args: str) -> subprocess.Popen[str]:
 
 
 def read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes, int]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        ends = consumer.end_offsets(parts)
-        records = []
-        deadline = time.monotonic() + 60
-        while any(consumer.position(p) < ends[p] for p in parts):
-            assert time.monotonic() < deadline, "records missing"
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend((r.key, r.value, r.timestamp) for r in batch)
-        return records
-    finally:
-        consumer.close()
+    return [(r.key, r.value, r.timestamp) for r in read_partitions(bootstrap, topic, PARTITIONS)]
 
 
 def test_produced_events_are_keyed_present_and_valid(

@@ -17,17 +17,36 @@ HEADERS = {"source", "reason", "error"}
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[ConsumerRecord]:
     """Every record of `topic` (one partition: the flow's dead letters or notices), read
     to its end offset, in order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    return read_partitions(bootstrap, topic, 1, timeout_s=timeout_s)
+
+
+def read_partitions(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    *,
+    committed_only: bool = False,
+    timeout_s: float = 60.0,
+) -> list[ConsumerRecord]:
+    """Every record of partitions 0 .. `partitions` - 1 of `topic`, each read to its end
+    offset (its last stable offset with `committed_only`, which reads only committed
+    transactional records); each partition's records in order."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+    )
     try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            assert time.monotonic() < deadline, f"{len(records)} of {end} records read"
-            records.extend(consumer.poll(timeout_ms=500).get(tp, []))
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{len(records)} records read, ends {ends}"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
         return records
     finally:
         consumer.close()
