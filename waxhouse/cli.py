@@ -251,7 +251,8 @@ def run_gateway(settings: Settings, args: argparse.Namespace) -> None:
         from waxhouse.gateway.server import Gateway
     except ImportError as e:
         raise SettingsError(
-            f"the gateway needs the gateway extra (pip install 'waxhouse[gateway]'): {e}"
+            "the gateway needs the gateway extra"
+            f" (from the repository: pip install -e '.[gateway]'): {e}"
         ) from None
     routes = gateway_routes(settings, args.flow, args.route)
     config = settings.gateway
