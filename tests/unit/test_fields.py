@@ -433,6 +433,29 @@ def test_generated_clickstream_records_parse_as_the_contract_says() -> None:
     assert len(events) > 1_500 and len(dead) > 600
 
 
+@pytest.mark.parametrize("schema", [CLICKSTREAM, SENSORS, MIXED], ids=lambda s: s.event_time)
+def test_parse_decoded_answers_as_parse_batch(schema: Schema) -> None:
+    """The gateway's loop over objects already decoded: the same events and dead letters
+    as decoding each record, for every record that is JSON at all."""
+    config = GeneratorConfig(seed=12, events=3_000, malformed_ratio=0.3)
+    records = ClickstreamGenerator(config).take(config.events)
+    decodable = []
+    for record in records:
+        try:
+            decodable.append((record, orjson.loads(record.value or b"")))
+        except orjson.JSONDecodeError:
+            continue
+    batch = InputBatch(
+        "gateway",
+        [r.n for r, _ in decodable],
+        [r.value for r, _ in decodable],
+        [r.timestamp_ms - 5_000 * (r.n % 3) for r, _ in decodable],  # some `future`
+    )
+    objects = [obj for _, obj in decodable]
+    assert schema.parse_decoded(batch, objects, 2_000) == schema.parse_batch(batch, 2_000)
+    assert len(decodable) > 2_000
+
+
 # Adversarial records, written as JSON text so numbers orjson never writes (beyond 64
 # bits, exponents, -0) and duplicate keys are in too.
 json_values = st.recursive(

@@ -143,8 +143,9 @@ def validate(
     """Check the events with the flow's own parser, exactly as the flow will read them:
     each is encoded as the record it would become (its JSON as decoded, unknown fields
     kept, re-encoded compactly) with `now_ms` as its Kafka timestamp, and the batch goes
-    through `Schema.parse_batch` (the flow's generated loop, whose answers are
-    `parse_record`'s: the field rules, then the `future` rule against that timestamp).
+    through `Schema.parse_decoded` (the flow's generated loop over the objects already
+    decoded, whose answers are `parse_record`'s: the field rules, then the `future` rule
+    against that timestamp).
 
     Accepted events keep their record bytes as the value to produce and the `key`
     field's value in UTF-8 as the key; a rejected one is listed with its index in
@@ -152,16 +153,16 @@ def validate(
     """
     batch = Batch()
     positions: list[int] = []
-    records: list[bytes | None] = []
+    objects: list[Any] = []
     for index, event in enumerate(events):
         if isinstance(event, _NotJson):
             batch.rejected.append({"index": index, "error": event.error})
         else:
             positions.append(index)
-            records.append(orjson.dumps(event))
-    count = len(records)
-    parsed, dead = schema.parse_batch(
-        InputBatch(_PART, positions, records, [now_ms] * count), max_future_ms
+            objects.append(event)
+    records: list[bytes | None] = list(map(orjson.dumps, objects))
+    parsed, dead = schema.parse_decoded(
+        InputBatch(_PART, positions, records, [now_ms] * len(records)), objects, max_future_ms
     )
     key_index = None if key is None else schema.index(key)
     for event in parsed:
