@@ -33,7 +33,10 @@ import xxhash
 
 from waxhouse.segments import Segment
 
-__all__ = ["CHUNK_EVENTS", "DedupState", "identity_hashes"]
+__all__ = ["CHUNK_EVENTS", "DEFAULT_HORIZON_MS", "DedupState", "identity_hashes"]
+
+DEFAULT_HORIZON_MS = 600_000
+"""`DEDUP_SECONDS`' default, in milliseconds."""
 
 CHUNK_EVENTS = 4096
 """Remembered events per chunk: 16 bytes each, so a full chunk is a sealed `Segment`."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from waxhouse.dedup import DedupState
+from waxhouse.dedup import DEFAULT_HORIZON_MS, DedupState
 from waxhouse.engine import CompiledTable, PartitionState, PipelineError, compile_table
 from waxhouse.fields import ChoiceField, Schema, TextField
 from waxhouse.joins import Enriched, JoinError, JoinState, TemporalJoin
@@ -118,7 +118,7 @@ class Pipeline:
         )
 
     def compile(
-        self, default_lateness_ms: int = 0, default_dedup_ms: int = 600_000
+        self, default_lateness_ms: int = 0, default_dedup_ms: int = DEFAULT_HORIZON_MS
     ) -> CompiledPipeline:
         """Every table compiled against the schema; `PipelineError` on the first problem.
         The defaults are `ALLOWED_LATENESS_SECONDS` and `DEDUP_SECONDS` in milliseconds."""
@@ -146,7 +146,7 @@ class CompiledPipeline:
     pipeline: Pipeline
     lateness_ms: int
     tables: dict[str, CompiledTable]
-    dedup_ms: int = 600_000
+    dedup_ms: int = DEFAULT_HORIZON_MS
 
     @property
     def schema(self) -> Schema:

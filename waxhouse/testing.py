@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from waxhouse.dedup import DEFAULT_HORIZON_MS
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS
 from waxhouse.joins import ReferencePartition
 from waxhouse.pipeline import CompiledPipeline, Pipeline
@@ -61,7 +62,7 @@ def run(
     topic: str = "events",
     batch_size: int = 500,
     lateness_ms: int = 0,
-    dedup_ms: int = 600_000,
+    dedup_ms: int = DEFAULT_HORIZON_MS,
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
     replay_every: int | None = None,
     segments: Path | None = None,
