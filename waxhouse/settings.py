@@ -19,6 +19,7 @@ KAFKA_CLIENTS: tuple[KafkaClient, ...] = ("kafka-python", "confluent")
 
 DEFAULT_STORE = "./data/clickhouse"
 DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
+DEFAULT_SERVE_LISTEN = "127.0.0.1:8090"
 DEFAULT_GENERATOR_EVENTS = 200_000
 DEFAULT_GENERATOR_SEED = 42
 _MAX_TS_MS = 253402300799999
@@ -75,7 +76,12 @@ class Settings:
     generator_rate: float = 0.0
     generator_seed: int = DEFAULT_GENERATOR_SEED
     log_level: str = "INFO"
+    redis_url: str | None = field(default=None, repr=False)
+    redis_provisional_seconds: float = 1.0
+    redis_retry_seconds: float = 60.0
+    redis_stream_length: int = 10_000
     gateway: GatewaySettings = field(default_factory=lambda: GatewaySettings())
+    serve: ServeSettings = field(default_factory=lambda: ServeSettings())
 
     def __post_init__(self) -> None:
         if self.kafka_client not in KAFKA_CLIENTS:
@@ -110,6 +116,14 @@ class Settings:
         if self.generator_rate < 0:
             raise SettingsError("GENERATOR_RATE must be 0 (unlimited) or more events per second")
         _check_clickhouse_url(self.clickhouse_url)
+        if self.redis_url is not None:
+            _check_redis_url(self.redis_url)
+        if self.redis_provisional_seconds < 0:
+            raise SettingsError("REDIS_PROVISIONAL_SECONDS must be 0 (none) or more seconds")
+        if self.redis_retry_seconds < 0:
+            raise SettingsError("REDIS_RETRY_SECONDS must be 0 or more seconds")
+        if self.redis_stream_length <= 0:
+            raise SettingsError("REDIS_STREAM_LENGTH must be a positive number of entries")
 
     @property
     def embedded(self) -> bool:
@@ -166,6 +180,10 @@ class Settings:
             "generator_events": self.generator_events,
             "generator_rate": self.generator_rate,
             "generator_seed": self.generator_seed,
+            "redis_url": None if self.redis_url is None else mask_url(self.redis_url),
+            "redis_provisional_seconds": self.redis_provisional_seconds,
+            "redis_retry_seconds": self.redis_retry_seconds,
+            "redis_stream_length": self.redis_stream_length,
         }
 
 
@@ -212,12 +230,40 @@ class GatewaySettings:
         }
 
 
-def host_port(listen: str) -> tuple[str, int]:
-    """`HOST:PORT` (GATEWAY_LISTEN) split; `SettingsError` naming the variable if malformed."""
+@dataclass(frozen=True)
+class ServeSettings:
+    """`waxhouse serve`'s settings (the SERVE_* variables). Tokens never appear in a repr
+    or a description: only how many there are."""
+
+    listen: str = DEFAULT_SERVE_LISTEN
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    cors_origins: tuple[str, ...] = ()
+    max_streams: int = 20_000
+
+    def __post_init__(self) -> None:
+        host_port(self.listen, "SERVE_LISTEN")
+        if self.max_streams <= 0:
+            raise SettingsError("SERVE_MAX_STREAMS must be a positive number of streams")
+        for token in self.tokens:
+            if not token or any(c.isspace() for c in token):
+                raise SettingsError("SERVE_TOKENS: a token is non-empty, without spaces")
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "serve_listen": self.listen,
+            "serve_tokens": len(self.tokens),
+            "serve_cors_origins": list(self.cors_origins),
+            "serve_max_streams": self.max_streams,
+        }
+
+
+def host_port(listen: str, setting: str = "GATEWAY_LISTEN") -> tuple[str, int]:
+    """`HOST:PORT` (GATEWAY_LISTEN, SERVE_LISTEN) split; `SettingsError` naming the
+    variable `setting` if malformed."""
     host, sep, port = listen.rpartition(":")
     if sep and host and port.isdigit() and 0 <= int(port) <= 65535:
         return host.strip("[]"), int(port)
-    raise SettingsError(f"GATEWAY_LISTEN must be HOST:PORT, got {listen!r}")
+    raise SettingsError(f"{setting} must be HOST:PORT, got {listen!r}")
 
 
 def mask_url(url: str) -> str:
@@ -246,6 +292,20 @@ def _check_clickhouse_url(url: str) -> None:
         raise SettingsError(
             f"CLICKHOUSE_URL must start with http://, https:// or chdb://, got {mask_url(url)}"
         )
+
+
+def _check_redis_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(
+            f"REDIS_URL must start with redis://, rediss:// or unix://, got {mask_url(url)}"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"REDIS_URL needs a host: {mask_url(url)}")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as e:
+        raise SettingsError(f"REDIS_URL has an invalid port: {mask_url(url)}") from e
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -298,19 +358,21 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in (_text(env, name) or "").split(",") if item.strip())
 
 
-def _tokens(env: Mapping[str, str]) -> tuple[str, ...]:
-    """GATEWAY_TOKENS (comma-separated) or GATEWAY_TOKENS_FILE (one a line, `#` comments)."""
-    path = _text(env, "GATEWAY_TOKENS_FILE")
+def _tokens(env: Mapping[str, str], prefix: str = "GATEWAY") -> tuple[str, ...]:
+    """`{prefix}_TOKENS` (comma-separated) or `{prefix}_TOKENS_FILE` (one a line, `#`
+    comments)."""
+    listed, file = f"{prefix}_TOKENS", f"{prefix}_TOKENS_FILE"
+    path = _text(env, file)
     if path is None:
-        return _list(env, "GATEWAY_TOKENS")
-    if _text(env, "GATEWAY_TOKENS") is not None:
-        raise SettingsError("set GATEWAY_TOKENS or GATEWAY_TOKENS_FILE, not both")
+        return _list(env, listed)
+    if _text(env, listed) is not None:
+        raise SettingsError(f"set {listed} or {file}, not both")
     try:
         with open(path, encoding="utf-8") as lines:
             stripped = (line.strip() for line in lines)
             return tuple(line for line in stripped if line and not line.startswith("#"))
     except (OSError, UnicodeDecodeError) as e:
-        raise SettingsError(f"GATEWAY_TOKENS_FILE {path!r} cannot be read: {e}") from e
+        raise SettingsError(f"{file} {path!r} cannot be read: {e}") from e
 
 
 def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
@@ -326,10 +388,22 @@ def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
     )
 
 
-def load_settings(environ: Mapping[str, str] | None = None, *, gateway: bool = False) -> Settings:
+def load_serve_settings(env: Mapping[str, str]) -> ServeSettings:
+    return ServeSettings(
+        listen=_text(env, "SERVE_LISTEN") or DEFAULT_SERVE_LISTEN,
+        tokens=_tokens(env, "SERVE"),
+        cors_origins=_list(env, "SERVE_CORS_ORIGINS"),
+        max_streams=_int(env, "SERVE_MAX_STREAMS", 20_000),
+    )
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, gateway: bool = False, serve: bool = False
+) -> Settings:
     """Build the settings from `environ` (default: the process environment). The GATEWAY_*
-    variables are read only with `gateway` (`waxhouse gateway`): a flow neither checks them
-    nor reads the tokens, and its `gateway` settings are the defaults."""
+    variables are read only with `gateway` (`waxhouse gateway`), the SERVE_* ones only with
+    `serve` (`waxhouse serve`, or a flow serving in its own process): otherwise they are
+    neither checked nor their tokens read, and the defaults stand."""
     env = os.environ if environ is None else environ
     store = _text(env, "CLICKHOUSE_URL") or f"chdb://{os.path.abspath(DEFAULT_STORE)}"
     offset = _choice(env, "KAFKA_STARTING_OFFSET", "earliest", ("earliest", "latest"))
@@ -368,5 +442,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, gateway: bool = F
         generator_rate=_float(env, "GENERATOR_RATE", 0.0),
         generator_seed=_int(env, "GENERATOR_SEED", DEFAULT_GENERATOR_SEED),
         log_level=_choice(env, "WAXHOUSE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        redis_url=_text(env, "REDIS_URL"),
+        redis_provisional_seconds=_float(env, "REDIS_PROVISIONAL_SECONDS", 1.0),
+        redis_retry_seconds=_float(env, "REDIS_RETRY_SECONDS", 60.0),
+        redis_stream_length=_int(env, "REDIS_STREAM_LENGTH", 10_000),
         gateway=load_gateway_settings(env) if gateway else GatewaySettings(),
+        serve=load_serve_settings(env) if serve else ServeSettings(),
     )
