@@ -12,6 +12,7 @@ import pytest
 from kafka.errors import KafkaError
 
 from tests.support.kafka_broker import KafkaBroker, TopicFactory, create_topic, delete_topic
+from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.is_relative_to(_INTEGRATION_DIR):
             item.add_marker(pytest.mark.integration)
+
+
+# ---------------------------------------------------------------------------
+# Redis
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's own `redis-server` (Debian's), on a free loopback port. A test that
+    kills it leaves it to the `redis_url` fixture of the next test to start it again."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A Redis database of this test's own, empty (the server started if a test killed it)."""
+    redis_server.start()
+    return redis_server.database()
 
 
 # ---------------------------------------------------------------------------
