@@ -1,6 +1,6 @@
 """The alert rules: valid, passing their promtool unit tests, the same in both copies, and
-on the flow's and the gateway's metrics only (as `waxhouse.monitoring` reads a query's
-metric names).
+on the metrics the flow (its Redis sink included), the gateway and `waxhouse serve` serve
+only (as `waxhouse.monitoring` reads a query's metric names).
 
 `promtool` comes from Debian's `prometheus` package, which `.ci/run` installs: in CI a
 missing `promtool` fails these tests, elsewhere it skips them with the install command.
@@ -8,6 +8,7 @@ missing `promtool` fails these tests, elsewhere it skips them with the install c
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -49,6 +50,10 @@ ALERTS = {
     "JoinStalled",  # a flow with a temporal join: the sensors flow
     "GatewayErrors",  # the ingestion gateway (`waxhouse gateway`)
     "GatewayAckLatencyHigh",
+    "RedisWritesDropped",  # the flows' Redis sink (REDIS_URL)
+    "RedisDown",  # the sink's or serve's Redis connection
+    "ServeErrors",  # the live-results API (`waxhouse serve`)
+    "ServeStreamsSaturated",
 }
 SEVERITIES = {"warning", "critical"}
 
@@ -151,7 +156,8 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
     assert stays_quiet == ALERTS
 
 
-def test_rules_use_only_metrics_the_flow_or_the_gateway_serves() -> None:
+def test_rules_use_only_metrics_the_flow_the_gateway_or_serve_serves() -> None:
+    importlib.import_module("waxhouse.serve.metrics")  # registers serve's metrics
     types = exposition_types(generate_latest(REGISTRY).decode())
     used = {name for rule in alert_rules() for name in promql_metric_names(rule["expr"])}
     assert used, "the rules select none of the flow's metrics"
@@ -160,6 +166,17 @@ def test_rules_use_only_metrics_the_flow_or_the_gateway_serves() -> None:
     assert {served_family(name, types) for name in gateway} == {
         "waxhouse_gateway_requests_total",
         "waxhouse_gateway_ack_seconds",
+    }
+    redis = {name for name in used if name.startswith("waxhouse_redis_")}
+    assert {served_family(name, types) for name in redis} == {
+        "waxhouse_redis_rows_total",
+        "waxhouse_redis_up",
+    }
+    serve = {name for name in used if name.startswith("waxhouse_serve_")}
+    assert {served_family(name, types) for name in serve} == {
+        "waxhouse_serve_requests_total",
+        "waxhouse_serve_streams",
+        "waxhouse_serve_redis_up",
     }
 
 
