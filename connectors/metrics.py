@@ -191,3 +191,25 @@ DLQ_RECORDS = Counter(
     "Dead letters produced to the DLQ topic.",
     ["reason"],
 )
+
+REDIS_ROWS = Counter(
+    "waxhouse_redis_rows_total",
+    "Live tables' rows sent to Redis, by result: written, refused (an equal or older "
+    "version: a replay), provisional (an open window's row so far) or dropped (Redis "
+    "unreachable past REDIS_RETRY_SECONDS).",
+    ["table", "result"],
+)
+REDIS_WRITE_SECONDS = Histogram(
+    "waxhouse_redis_write_seconds",
+    "Seconds per pipelined write of live rows and watermarks to Redis, retries included.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
+)
+REDIS_ERRORS = Counter(
+    "waxhouse_redis_errors_total",
+    "Failed attempts to write to Redis (each retried until REDIS_RETRY_SECONDS is spent).",
+)
+REDIS_UP = Gauge(
+    "waxhouse_redis_up",
+    "1 while live rows reach Redis, 0 while they are dropped (Redis unreachable past "
+    "REDIS_RETRY_SECONDS).",
+)

@@ -40,9 +40,23 @@ class RowBatch:
     # Per table, rows to announce as they happen (an episode reaching its length), in the
     # table's column order; not stored by the sink.
     notices: dict[str, list[tuple]] = field(default_factory=dict)
+    # For live tables (Redis only): per table, open windows' rows so far; per source
+    # partition, its watermark.
+    provisional: dict[str, list[tuple]] = field(default_factory=dict)
+    marks: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.dead_letters) or any(self.tables.values()) or any(self.notices.values())
+        return (
+            bool(self.dead_letters)
+            or any(self.tables.values())
+            or any(self.notices.values())
+            or any(self.provisional.values())
+            or bool(self.marks)
+        )
+
+    def stored(self) -> bool:
+        """Whether it holds anything for ClickHouse: rows or dead letters."""
+        return bool(self.dead_letters) or any(self.tables.values())
 
     def __len__(self) -> int:
         return len(self.dead_letters) + sum(len(rows) for rows in self.tables.values())
@@ -62,3 +76,10 @@ class RowBatch:
         for name, rows in other.notices.items():
             if rows:
                 self.notices.setdefault(name, []).extend(rows)
+        for name, rows in other.provisional.items():
+            if rows:
+                self.provisional.setdefault(name, []).extend(rows)
+        marks = self.marks
+        for part, mark in other.marks.items():
+            if mark > marks.get(part, mark - 1):
+                marks[part] = mark

@@ -153,11 +153,42 @@ def episodes(
 
 
 @dataclass(frozen=True)
+class Live:
+    """A table also kept in Redis (`live()`; `waxhouse.livetables` says how)."""
+
+    top_by: str | None
+    top: int
+    ttl_ms: int
+    provisional: bool
+
+
+def live(
+    *,
+    top_by: str | None = None,
+    top: int = 10,
+    ttl: Duration = timedelta(hours=24),
+    provisional: bool = False,
+) -> Live:
+    """Keep the table in Redis too, where applications read it live (`REDIS_URL`,
+    `waxhouse serve`): each key's latest final row and, with `top_by` (a count or sum
+    aggregate of a tumbling or sliding table), each window's `top` keys by it, announced
+    when the window has closed in every source partition. `ttl`: how long a key's rows
+    stay after their last write. `provisional`: open windows' rows so far too, marked
+    provisional, at most every `REDIS_PROVISIONAL_SECONDS` (tumbling and sliding tables);
+    the final row always replaces them.
+    """
+    if type(top) is not int or top < 1:
+        raise ValueError(f"live: top must be a positive integer, got {top!r}")
+    return Live(top_by, top, to_ms(ttl, "live ttl"), provisional)
+
+
+@dataclass(frozen=True)
 class Table:
     """A ClickHouse table of windowed aggregates: one row per key and window.
 
     `name` is what users query (a view); rows are stored in `<name>_data`. `where` keeps
-    only some events for this table (a mapping `{field: value}` or a callable).
+    only some events for this table (a mapping `{field: value}` or a callable). `live`:
+    keep it in Redis too (`live()`).
     """
 
     name: str
@@ -165,6 +196,7 @@ class Table:
     window: Window
     aggregates: Mapping[str, Aggregate]
     where: Where = None
+    live: Live | None = None
     key_fields: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -7,11 +7,14 @@ windows.sliding(windows.minutes(5), every=windows.minutes(1))
 windows.session(windows.minutes(30))
 windows.count(100)
 windows.episodes(lambda r: r.temperature > r.temp_max, at_least=3, tie="reading_id")
+
+windows.live(top_by="views", provisional=True)        # Table(..., live=...): also in Redis
 """
 
 from waxhouse.tables import (
     CountWindow,
     Episodes,
+    Live,
     Session,
     Sliding,
     Tumbling,
@@ -19,6 +22,7 @@ from waxhouse.tables import (
     count,
     episodes,
     hours,
+    live,
     minutes,
     seconds,
     session,
@@ -29,6 +33,7 @@ from waxhouse.tables import (
 __all__ = [
     "CountWindow",
     "Episodes",
+    "Live",
     "Session",
     "Sliding",
     "Tumbling",
@@ -36,6 +41,7 @@ __all__ = [
     "count",
     "episodes",
     "hours",
+    "live",
     "minutes",
     "seconds",
     "session",
