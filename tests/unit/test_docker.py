@@ -1,7 +1,7 @@
 """The docker/ deployment, checked without a Docker engine: the image's Dockerfile, build
 context and dependency lock, its entrypoint scripts (run for real), and the compose stack,
 against the Compose Specification's schema and against the project it deploys (settings,
-CLI, Prometheus and Grafana provisioning).
+CLI, Prometheus and Grafana provisioning), the Redis hot store and `waxhouse serve` included.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -59,13 +60,17 @@ SERVICES = {
     "sensors",
     "sensors-loadgen",
     "gateway",
+    "redis",
+    "serve",
     "prometheus",
     "grafana",
 }
 FLOW = "clickstream"  # the image's default command, and the service that builds it
 FLOWS = {FLOW, "sensors"}
 GATEWAY = "gateway"  # `waxhouse gateway`: its own /healthz and /metrics
-WAXHOUSE_SERVICES = {"schema", *FLOWS, "loadgen", "sensors-loadgen", GATEWAY}
+SERVE = "serve"  # `waxhouse serve`: its own /healthz and /metrics
+REDIS = "redis"  # the hot store the flows write and serve reads
+WAXHOUSE_SERVICES = {"schema", *FLOWS, "loadgen", "sensors-loadgen", GATEWAY, SERVE}
 ONE_SHOT = {"kafka-topics", "schema"}
 # Long-running, but with nothing to probe: the load generators serve no endpoint, and the
 # image's healthcheck is the flows'. Nothing may wait for them to be healthy.
@@ -73,6 +78,8 @@ NO_HEALTH_ENDPOINT = {"loadgen", "sensors-loadgen"}
 API_PORT = 3030
 CLUSTER_PORT = 9999
 GATEWAY_PORT = 8080
+SERVE_PORT = 8090
+REDIS_PORT = 6379
 RECOVERY_DIR = "/var/lib/waxhouse/recovery"
 RUNTIME_UID = 65532
 WAXHOUSE_CMD = ["python", "-m", "bytewax.run", "dataflows.clickstream"]
@@ -103,9 +110,17 @@ def project_version() -> str:
 
 
 def settings_env_names() -> set[str]:
-    """The environment variables waxhouse/settings.py reads (its quoted NAME_LIKE_THIS)."""
+    """The environment variables waxhouse/settings.py reads (its quoted NAME_LIKE_THIS),
+    and the `<PREFIX>_TOKENS` / `<PREFIX>_TOKENS_FILE` pairs its `_tokens(env, "PREFIX")`
+    reads (the prefix defaulting as its signature says)."""
     source = SETTINGS_PATH.read_text(encoding="utf-8")
-    return set(re.findall(r"[\"']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)[\"']", source))
+    names = set(re.findall(r"[\"']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)[\"']", source))
+    default = re.search(r"def _tokens\([^)]*prefix: str = \"([A-Z]+)\"", source)
+    for prefix in re.findall(r"_tokens\(\s*env\s*(?:,\s*\"([A-Z]+)\")?\s*\)", source):
+        prefix = prefix or (default.group(1) if default else "")
+        if prefix:
+            names |= {f"{prefix}_TOKENS", f"{prefix}_TOKENS_FILE"}
+    return names
 
 
 @cache
@@ -368,9 +383,11 @@ def test_healthcheck_probes_the_metrics_endpoint_on_an_exposed_port(
     assert f"http://127.0.0.1:{API_PORT}/metrics" in command[2]
     compile(command[2], "<healthcheck>", "exec")  # valid Python
     exposed = {int(p) for i in final if i.keyword == "EXPOSE" for p in i.args.split()}
-    assert {API_PORT, CLUSTER_PORT, GATEWAY_PORT} <= exposed
-    # `waxhouse gateway` in the image listens on every interface, on the exposed port.
+    assert {API_PORT, CLUSTER_PORT, GATEWAY_PORT, SERVE_PORT} <= exposed
+    # `waxhouse gateway` and `waxhouse serve` in the image listen on every interface, on
+    # the exposed ports.
     assert env_pairs(final)["GATEWAY_LISTEN"] == f"0.0.0.0:{GATEWAY_PORT}"
+    assert env_pairs(final)["SERVE_LISTEN"] == f"0.0.0.0:{SERVE_PORT}"
 
 
 def test_default_command_workdir_entrypoints_and_labels(dockerfile: list[Instruction]) -> None:
@@ -427,8 +444,9 @@ def test_build_context_holds_what_the_image_is_built_from_and_nothing_else(
 # ---- the dependency lock -------------------------------------------------------------
 
 
-# The extras the image installs: the confluent source, and `waxhouse gateway`'s server.
-IMAGE_EXTRAS = ("confluent", "gateway")
+# The extras the image installs: the confluent source, `waxhouse gateway`'s server and
+# `waxhouse serve`'s.
+IMAGE_EXTRAS = ("confluent", "gateway", "serve")
 
 
 def _runtime_requirements() -> list[Requirement]:
@@ -618,7 +636,9 @@ def test_every_image_is_pinned_to_a_version_tag(services: dict[str, dict[str, An
         if name in WAXHOUSE_SERVICES:
             assert image == f"waxhouse:{project_version()}", name
         else:
-            assert re.fullmatch(r"v?\d+(\.\d+){2,3}", tag), f"{name}: {image} is not a version"
+            # An exact version, or its Alpine variant (redis:7.4.6-alpine).
+            version = r"v?\d+(\.\d+){2,3}(-alpine)?"
+            assert re.fullmatch(version, tag), f"{name}: {image} is not a version"
 
 
 def test_one_service_builds_the_image_the_others_reuse(services: dict[str, dict[str, Any]]) -> None:
@@ -649,7 +669,7 @@ def test_restart_policies_and_healthchecks(services: dict[str, dict[str, Any]]) 
         test = check["test"]
         assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
         assert {"interval", "timeout", "retries"} <= set(check), name
-    for name in WAXHOUSE_SERVICES - FLOWS - {GATEWAY}:
+    for name in WAXHOUSE_SERVICES - FLOWS - {GATEWAY, SERVE}:
         # The image's healthcheck probes the flow's metrics: not theirs.
         assert services[name]["healthcheck"] == {"disable": True}, name
 
@@ -836,6 +856,71 @@ def test_the_gateway_service_serves_the_flows_topics_where_it_is_probed(
     assert set(gateway["depends_on"]) == {"kafka", "kafka-topics"}
 
 
+def test_redis_persists_and_is_probed_and_the_flows_write_it_once_healthy(
+    services: dict[str, dict[str, Any]], env_example: dict[str, str]
+) -> None:
+    redis = services[REDIS]
+    command = interpolate(redis["command"], env_example)
+    assert command[0] == "redis-server"
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--appendonly"] == "yes", "a restart keeps what Redis held"
+    assert options["--appendfsync"] == "everysec"
+    # Bounded, below the container's limit, evicting only keys that have a TTL.
+    assert options["--maxmemory-policy"] == "volatile-lru"
+    maxmemory = re.fullmatch(r"(\d+)mb", options["--maxmemory"])
+    limit = re.fullmatch(r"(\d+)m", redis["mem_limit"])
+    assert maxmemory and limit and int(maxmemory.group(1)) <= int(limit.group(1)) // 2
+    named, _ = named_and_bind_mounts(redis)
+    assert "/data" in named, "the append-only file on a named volume"
+    test = redis["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and test[1].startswith("redis-cli ping")
+    assert redis["ports"] == [f"127.0.0.1:{REDIS_PORT}:{REDIS_PORT}"]
+    for flow in FLOWS:
+        environment = interpolate(services[flow]["environment"], env_example)
+        settings = load_settings({k: str(v) for k, v in environment.items()})
+        assert settings.redis_url is not None, f"{flow} keeps no live tables in Redis"
+        url = urllib.parse.urlsplit(settings.redis_url)
+        assert (url.scheme, url.hostname, url.port, url.path) == ("redis", REDIS, REDIS_PORT, "/0")
+        assert services[flow]["depends_on"][REDIS] == {"condition": "service_healthy"}
+
+
+def test_the_serve_service_reads_what_the_flows_write_where_it_is_probed(
+    services: dict[str, dict[str, Any]], env_example: dict[str, str]
+) -> None:
+    serve = services[SERVE]
+    command = serve["command"]
+    assert command[0] == "waxhouse"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "serve"
+    environment = interpolate(serve["environment"], env_example)
+    settings = load_settings({k: str(v) for k, v in environment.items()}, serve=True)
+    assert settings.serve.tokens == tuple(env_example["SERVE_TOKENS"].split(","))
+    assert env_example["SERVE_TOKENS"] != env_example["GATEWAY_TOKENS"]
+    host, port = settings.serve.listen.rsplit(":", 1)
+    assert host == "0.0.0.0", "inside the container: every interface, or nothing reaches it"
+    assert int(port) == SERVE_PORT, "the port the image exposes"
+    assert serve["ports"] == [f"127.0.0.1:{port}:{port}"]
+    test = serve["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert f"http://127.0.0.1:{port}/healthz" in test[3]
+    compile(test[3], "<healthcheck>", "exec")
+    # The Redis the flows write, the ClickHouse they write (history), and their windows.
+    for flow in FLOWS:
+        flow_env = interpolate(services[flow]["environment"], env_example)
+        flow_settings = load_settings({k: str(v) for k, v in flow_env.items()})
+        assert settings.redis_url == flow_settings.redis_url, flow
+        assert settings.clickhouse_url == flow_settings.clickhouse_url, flow
+        for name, value in flow_env.items():
+            if name in environment and not name.startswith(("KAFKA_", "BYTEWAX_")):
+                assert environment[name] == value, (flow, name)
+    for name in ("WINDOW_SECONDS", "ALLOWED_LATENESS_SECONDS", "SENSOR_WINDOW_SECONDS"):
+        assert name in environment, f"serve needs the flows' {name} to place their windows"
+    assert serve["depends_on"] == {
+        REDIS: {"condition": "service_healthy"},
+        "schema": {"condition": "service_completed_successfully"},
+    }
+
+
 def test_variables_are_documented_in_env_example(
     compose: dict[str, Any], env_example: dict[str, str]
 ) -> None:
@@ -849,7 +934,8 @@ def test_variables_are_documented_in_env_example(
             defaults.setdefault(ref.name, set()).add(ref.arg or "")
     for name, values in defaults.items():
         assert values == {env_example[name]}, f"{name}: defaults {values} vs .env.example"
-    for secret in ("CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "GATEWAY_TOKENS"):
+    secrets = ("CLICKHOUSE_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "GATEWAY_TOKENS", "SERVE_TOKENS")
+    for secret in secrets:
         ops = {ref.op for ref in refs if ref.name == secret}
         assert ops == {":?"}, f"{secret} must be set: ${{{secret}:?message}}"
     assert {ref.name for ref in refs} == set(env_example), "unused settings in .env.example"
@@ -875,6 +961,13 @@ def test_prometheus_scrapes_the_flow_service_on_its_api_port(
         f"{GATEWAY}:{listen.rpartition(':')[2]}"
     ]
     assert gateway_job.get("metrics_path", "/metrics") == "/metrics"
+    # So does serve.
+    (serve_job,) = [j for j in config["scrape_configs"] if j["job_name"] == "waxhouse-serve"]
+    listen = services[SERVE]["environment"]["SERVE_LISTEN"]
+    assert [t for g in serve_job["static_configs"] for t in g["targets"]] == [
+        f"{SERVE}:{listen.rpartition(':')[2]}"
+    ]
+    assert serve_job.get("metrics_path", "/metrics") == "/metrics"
     prometheus = services["prometheus"]
     _, binds = named_and_bind_mounts(prometheus)
     assert binds["/etc/prometheus"] == "./prometheus"
