@@ -1,0 +1,143 @@
+"""Where `waxhouse serve` reads live tables: the `LiveReader` contract and Redis's.
+
+`LiveReader` is the small contract the server needs; `RedisReader` answers it from the
+layout `waxhouse.livetables` describes (written by `waxhouse.connectors.redis_store`),
+and a flow serving its own tables in process answers it from its state (embedded mode).
+Rows and tops come back rendered (`LiveTable.render_row`, `render_top`); stream entries
+raw, `(id, fields)`, for the server to render once (`LiveTable.render_entry`) and send
+to every client. Entry ids are Redis stream ids, `"<ms>-<seq>"`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio as aioredis
+
+from waxhouse.livetables import LiveTable
+
+__all__ = ["NEWEST_WINDOWS", "LiveReader", "RedisReader", "parse_id"]
+
+NEWEST_WINDOWS = 3  # a key's newest windows tried, newest first, for a row to show
+WAIT_COUNT = 1000  # entries one blocking read returns at most
+
+StreamEntries = list[tuple[str, dict[Any, Any]]]
+
+
+class LiveReader(Protocol):
+    """What the server reads; every method is a coroutine on the server's event loop."""
+
+    async def newest_row(self, table: LiveTable, kid: str) -> dict[str, Any] | None:
+        """The key's row in its newest window that has one, rendered; None if none."""
+        ...
+
+    async def top(self, table: LiveTable, limit: int) -> dict[str, Any] | None:
+        """The newest closed window's `limit` top keys, rendered; None before any closed."""
+        ...
+
+    async def stream_after(
+        self, table: LiveTable, after: str | None, count: int
+    ) -> tuple[StreamEntries, str | None]:
+        """At most `count` entries after id `after` (None or "0": from the start), oldest
+        first, and the first id the stream still holds (None when it is empty)."""
+        ...
+
+    async def wait_stream(self, table: LiveTable, after: str, block_ms: int) -> StreamEntries:
+        """Entries after `after`, waiting up to `block_ms` for one (empty if none came)."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the store answers."""
+        ...
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """A stream id `"<ms>-<seq>"` (or `"<ms>"`) as a comparable pair; ValueError if not one."""
+    ms, sep, seq = entry_id.partition("-")
+    if not ms.isdigit() or (sep and not seq.isdigit()):
+        raise ValueError(f"not a stream entry id: {entry_id!r}")
+    return int(ms), int(seq) if sep else 0
+
+
+# One round trip each: the reads depend on each other, so a read-only script does both.
+NEWEST_ROWS = """
+local ns, kid, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local wids = redis.call('ZREVRANGE', ns .. ':k:' .. kid, 0, n - 1)
+local out = {}
+for _, wid in ipairs(wids) do
+  out[#out + 1] = wid
+  out[#out + 1] = redis.call('HGETALL', ns .. ':r:' .. wid .. ':' .. kid)
+end
+return out
+"""
+
+CLOSED_TOP = """
+local ns, n = ARGV[1], tonumber(ARGV[2])
+local wid = redis.call('GET', ns .. ':closed')
+if not wid then return false end
+return {wid, redis.call('ZREVRANGE', ns .. ':t:' .. wid, 0, n - 1, 'WITHSCORES')}
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisReader:
+    """`LiveReader` over Redis (`redis.asyncio`); `url` is REDIS_URL. Connects lazily,
+    on the running loop; `close()` releases the connections."""
+
+    def __init__(self, url: str) -> None:
+        # No socket timeout: a blocking XREAD waits longer than any sensible one.
+        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0)
+        self._newest = self.client.register_script(NEWEST_ROWS)
+        self._top = self.client.register_script(CLOSED_TOP)
+
+    async def newest_row(self, table: LiveTable, kid: str) -> dict[str, Any] | None:
+        found = await self._newest(args=[table.namespace, kid, NEWEST_WINDOWS])
+        for i in range(0, len(found), 2):
+            pairs = found[i + 1]
+            if pairs:
+                row = table.render_row(kid, dict(zip(pairs[::2], pairs[1::2], strict=True)))
+                if row is not None:
+                    return row
+        return None
+
+    async def top(self, table: LiveTable, limit: int) -> dict[str, Any] | None:
+        found = await self._top(args=[table.namespace, limit])
+        if not found:
+            return None
+        wid, flat = _text(found[0]), found[1]
+        pairs = [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return table.render_top(wid, pairs)
+
+    async def stream_after(
+        self, table: LiveTable, after: str | None, count: int
+    ) -> tuple[StreamEntries, str | None]:
+        stream = table.namespace + ":s"
+        start = "-" if after in (None, "0", "0-0") else f"({after}"
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xrange(stream, "-", "+", count=1)
+            pipe.xrange(stream, start, "+", count=count)
+            first, entries = await pipe.execute()
+        return _entries(entries), _text(first[0][0]) if first else None
+
+    async def wait_stream(self, table: LiveTable, after: str, block_ms: int) -> StreamEntries:
+        got: Any = await self.client.xread(
+            {table.namespace + ":s": after}, count=WAIT_COUNT, block=block_ms
+        )
+        return _entries(got[0][1]) if got else []  # RESP2: [[stream, entries]]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _entries(entries: list[Any]) -> StreamEntries:
+    return [(_text(entry_id), fields) for entry_id, fields in entries]
