@@ -15,9 +15,11 @@
 # Configuration from the environment, with k8s/base's values as defaults:
 # WAXHOUSE_IMAGE_REPOSITORY, WAXHOUSE_IMAGE_TAG, WAXHOUSE_RECOVERY_STORAGECLASS,
 # KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, KAFKA_DLQ_TOPIC (the sensors flow: SENSORS_TOPIC,
-# SENSORS_DLQ_TOPIC, DEVICES_TOPIC, ALERTS_TOPIC), KAFKA_STARTING_OFFSET, and, when
-# set, KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SSL_CAFILE. Secrets are never
-# passed here: they stay in the Secret.
+# SENSORS_DLQ_TOPIC, DEVICES_TOPIC, ALERTS_TOPIC), KAFKA_STARTING_OFFSET, REDIS_URL (the
+# hot store, k8s/redis's by default), and, when set, KAFKA_SECURITY_PROTOCOL,
+# KAFKA_SASL_MECHANISM, KAFKA_SSL_CAFILE. Secrets are never passed here: they stay in the
+# Secret. A REDIS_URL with a password is one: add it to the Secret `waxhouse-credentials`
+# and run this with REDIS_URL=from-secret.
 #
 # The same deployment as k8s/base (tests/unit/test_k8s.py keeps them equal), except that
 # the flow creates its ClickHouse tables itself (CLICKHOUSE_CREATE_SCHEMA=true): there is
@@ -76,6 +78,16 @@ else
     add_env ALERT_READINGS 3
 fi
 add_env WAXHOUSE_LOG_LEVEL INFO
+redis_url="${REDIS_URL:-redis://redis:6379/0}"
+case $redis_url in
+    from-secret) ;; # the flow reads REDIS_URL from the Secret (the chart's envFromSecret)
+    *@*)
+        echo "REDIS_URL holds credentials: add it to the Secret waxhouse-credentials and" \
+            "run with REDIS_URL=from-secret, never on a command line" >&2
+        exit 2
+        ;;
+    *) add_env REDIS_URL "$redis_url" ;;
+esac
 for name in KAFKA_SECURITY_PROTOCOL KAFKA_SASL_MECHANISM KAFKA_SSL_CAFILE; do
     if [ -n "${!name:-}" ]; then
         add_env "$name" "${!name}"

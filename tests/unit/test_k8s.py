@@ -16,6 +16,7 @@ import re
 import runpy
 import subprocess
 import sys
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
@@ -36,6 +37,8 @@ KUSTOMIZATIONS = (
     "overlays/shared-recovery",
     "overlays/sensors",
     "gateway",
+    "redis",
+    "serve",
     "monitoring",
 )
 KUBERNETES_VERSION = "1.34.0"
@@ -44,6 +47,10 @@ SECRET = "waxhouse-credentials"
 FLOW_CONTAINER = "clickstream"
 GATEWAY = "gateway"  # k8s/gateway: Deployment, Service, HPA and budget of this name
 GATEWAY_TOKENS_SECRET = "waxhouse-gateway-tokens"
+SERVE = "serve"  # k8s/serve: Deployment, Service and budget of this name
+SERVE_TOKENS_SECRET = "waxhouse-serve-tokens"
+REDIS = "redis"  # k8s/redis: StatefulSet and Service of this name
+REDIS_IMAGE = re.compile(r"redis:\d+\.\d+\.\d+-alpine")  # not the waxhouse image
 
 # Kinds that are not built into Kubernetes (their schemas come with their operators), and
 # kustomize's own files: checked by structure instead.
@@ -60,8 +67,12 @@ WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet",
 # Keys the flow must never get from a ConfigMap or a command line. Not secrets: a `_FILE`
 # key, the path of a mounted secret (GATEWAY_TOKENS_FILE), and a limit `PER_TOKEN`.
 SECRET_KEY = re.compile(r"^CLICKHOUSE_URL$|PASSWORD|USERNAME|SECRET|(?<!PER_)TOKEN(?!S?_FILE$)")
-# The settings module reads the environment as `_text(env, "NAME")`, `_int(env, "NAME", …)`.
+# The settings module reads the environment as `_text(env, "NAME")`, `_int(env, "NAME", …)`,
+# and a pair `PREFIX_TOKENS` / `PREFIX_TOKENS_FILE` as `_tokens(env, "PREFIX")` (or
+# `_tokens(env)`, its signature's default prefix).
 SETTING_READ = re.compile(r"\(\s*env\s*,\s*\"([A-Z][A-Z0-9_]*)\"")
+TOKENS_READ = re.compile(r"_tokens\(\s*env\s*(?:,\s*\"([A-Z]+)\")?\s*\)")
+TOKENS_DEFAULT = re.compile(r"def _tokens\([^)]*prefix: str = \"([A-Z]+)\"")
 
 # `waxctl df deploy --help` (Waxctl Pro 0.12.0), as printed in Bytewax's
 # docs/guide/deployment/waxctl.md (github.com/bytewax/bytewax): long name -> (short name,
@@ -218,7 +229,13 @@ def check_custom(obj: dict[str, Any]) -> None:
 
 def settings_names() -> set[str]:
     """The environment variables waxhouse/settings.py reads."""
-    names = set(SETTING_READ.findall((REPO / "waxhouse" / "settings.py").read_text()))
+    source = (REPO / "waxhouse" / "settings.py").read_text()
+    names = set(SETTING_READ.findall(source))
+    default = TOKENS_DEFAULT.search(source)
+    for prefix in TOKENS_READ.findall(source):
+        prefix = prefix or (default.group(1) if default else "")
+        if prefix:
+            names |= {f"{prefix}_TOKENS", f"{prefix}_TOKENS_FILE"}
     assert {"KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "WINDOW_SECONDS"} <= names, names
     return names
 
@@ -489,7 +506,10 @@ def test_secrets_come_from_the_secret_only(built: dict[str, list[dict[str, Any]]
             refs = [
                 s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s
             ]
-            assert refs == [SECRET], f"{where}: {container['name']} reads secrets {refs}"
+            # Redis (k8s/redis) needs no credentials of ours; every waxhouse process reads
+            # the one Secret.
+            wanted = [] if REDIS_IMAGE.fullmatch(container["image"]) else [SECRET]
+            assert refs == wanted, f"{where}: {container['name']} reads secrets {refs}"
 
 
 def test_flow_waits_for_the_schema_the_job_applies(
@@ -604,7 +624,10 @@ def test_images_are_pinned(built: dict[str, list[dict[str, Any]]]) -> None:
         for container in containers(pod_spec(workload)):
             assert is_pinned(container["image"]), f"{where}: image {container['image']}"
             images.add(container["image"])
-    assert len(images) == 1, f"one image for the flow and the schema Job: {images}"
+    redis = {image for image in images if REDIS_IMAGE.fullmatch(image)}
+    assert len(redis) == 1, f"one Redis image: {redis}"
+    waxhouse = images - redis
+    assert len(waxhouse) == 1, f"one image for the flows, the Jobs, gateway and serve: {images}"
 
 
 # ---------------------------------------------------------------- the gateway
@@ -1051,3 +1074,241 @@ def test_waxctl_refuses_an_unknown_flow(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2 and "WAXHOUSE_FLOW must be" in done.stderr
+
+
+# ---------------------------------------------------------------- Redis and serve
+
+
+@pytest.fixture(scope="module")
+def redis(built: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return find(built["redis"], "StatefulSet", REDIS)
+
+
+def only_container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    (container,) = pod_spec(workload)["containers"]
+    assert container["name"] == name
+    return container
+
+
+def redis_options(container: dict[str, Any]) -> dict[str, str]:
+    args = container["args"]
+    assert args[0] == "redis-server"
+    return dict(zip(args[1::2], args[2::2], strict=True))
+
+
+def test_redis_is_one_persistent_server_behind_the_service_the_flows_use(
+    built: dict[str, list[dict[str, Any]]], redis: dict[str, Any], config: dict[str, str]
+) -> None:
+    assert redis["spec"]["replicas"] == 1
+    container = only_container(redis, REDIS)
+    options = redis_options(container)
+    assert options["--appendonly"] == "yes", "a restart keeps the keys and the streams' ids"
+    assert options["--appendfsync"] == "everysec"
+    assert options["--maxmemory-policy"] == "volatile-lru"  # evicts only keys with a TTL
+    # maxmemory well under the memory limit: an append-only-file rewrite forks.
+    maxmemory = re.fullmatch(r"(\d+)(mb|gb)", options["--maxmemory"])
+    assert maxmemory, options["--maxmemory"]
+    data_bytes = int(maxmemory[1]) * 2 ** {"mb": 20, "gb": 30}[maxmemory[2]]
+    assert 2 * data_bytes <= quantity(container["resources"]["limits"]["memory"])
+    # Its data directory is the pod's own persistent volume.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {t["metadata"]["name"]: t for t in redis["spec"]["volumeClaimTemplates"]}
+    assert mounts[options["--dir"]] in claims
+    assert claims[mounts[options["--dir"]]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    security = pod_spec(redis)["securityContext"]
+    assert security["fsGroup"] == security["runAsGroup"], "the volume writable by the server"
+    # Probed on the port it serves, answering PONG once loaded.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"redis": 6379}
+    for probe in ("startupProbe", "readinessProbe"):
+        assert "redis-cli ping" in " ".join(container[probe]["exec"]["command"]), probe
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "redis"}
+    # The governing headless Service, and the Service REDIS_URL names.
+    headless = find(built["redis"], "Service", redis["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    service = find(built["redis"], "Service", REDIS)
+    assert service["spec"].get("clusterIP") != "None"
+    for svc in (headless, service):
+        assert svc["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
+        assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["redis"]
+    url = urllib.parse.urlsplit(config["REDIS_URL"])
+    assert url.scheme == "redis" and url.password is None, "a password belongs in the Secret"
+    assert url.hostname == service["metadata"]["name"]
+    assert url.port == service["spec"]["ports"][0]["port"]
+    # Only waxhouse's pods may connect (it has no password).
+    policy = find(built["redis"], "NetworkPolicy", REDIS)
+    assert selects(policy["spec"]["podSelector"], pod_labels(redis))
+    (rule,) = policy["spec"]["ingress"]
+    for workload in (find(built["base"], "StatefulSet"), find(built["serve"], "Deployment")):
+        assert any(selects(peer["podSelector"], pod_labels(workload)) for peer in rule["from"])
+    # The same server as the compose stack's.
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    assert container["image"] == compose["services"][REDIS]["image"]
+
+
+@pytest.fixture(scope="module")
+def serve(built: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return find(built["serve"], "Deployment", SERVE)
+
+
+def serve_environment(
+    built: dict[str, list[dict[str, Any]]], serve: dict[str, Any]
+) -> dict[str, str]:
+    """serve's environment as its pods get it: the ConfigMaps it names in order (an optional
+    one only if some kustomization builds it) and the example Secret's keys, each later one
+    winning."""
+    env: dict[str, str] = {}
+    everything = [r for resources in built.values() for r in resources]
+    maps = {r["metadata"]["name"]: r for r in everything if r["kind"] == "ConfigMap"}
+    for source in only_container(serve, SERVE)["envFrom"]:
+        if "configMapRef" in source:
+            name = source["configMapRef"]["name"]
+            assert name in maps, f"serve reads ConfigMap {name}, which nothing creates"
+            env.update(maps[name]["data"])
+        else:
+            assert source["secretRef"]["name"] == SECRET
+            example = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())
+            env.update(example["stringData"])
+    return env
+
+
+def test_serve_is_a_stateless_deployment_probed_and_served_on_the_port_it_listens_on(
+    built: dict[str, list[dict[str, Any]]], serve: dict[str, Any]
+) -> None:
+    assert serve["spec"]["replicas"] == 3
+    assert serve["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    container = only_container(serve, SERVE)
+    assert container["args"] == ["waxhouse", "serve"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    host, _, port = serve_environment(built, serve)["SERVE_LISTEN"].rpartition(":")
+    assert host == "0.0.0.0", "the pod's address, not only its loopback"
+    assert ports == {"http": int(port)}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    for probe in ("startupProbe", "livenessProbe"):
+        # Liveness is the process only: Redis being down must not restart serve.
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    for volume in pod_spec(serve)["volumes"]:
+        assert volume.keys() & {"emptyDir", "secret"}, f"serve volume {volume['name']}"
+    selector = serve["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels(serve).items()
+    service = find(built["serve"], "Service", SERVE)
+    assert service["spec"]["selector"] == selector
+    assert service["spec"].get("clusterIP") != "None", "one address that balances over pods"
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    budget = find(built["serve"], "PodDisruptionBudget", SERVE)
+    assert budget["spec"]["selector"]["matchLabels"] == selector
+    assert budget["spec"]["maxUnavailable"] < serve["spec"]["replicas"]
+    for constraint in pod_spec(serve)["topologySpreadConstraints"]:
+        assert constraint["labelSelector"] == serve["spec"]["selector"]
+
+
+def test_serve_is_scraped_as_its_own_job_and_the_flows_podmonitor_leaves_it_out(
+    built: dict[str, list[dict[str, Any]]], serve: dict[str, Any]
+) -> None:
+    monitor = find(built["monitoring"], "PodMonitor", "waxhouse-serve")
+    assert selects(monitor["spec"]["selector"], pod_labels(serve))
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert {"targetLabel": "job", "replacement": "waxhouse-serve"} in endpoint["relabelings"]
+    flows = find(built["monitoring"], "PodMonitor", "waxhouse")
+    gateway = find(built["monitoring"], "PodMonitor", "waxhouse-gateway")
+    redis = find(built["redis"], "StatefulSet", REDIS)
+    for other in (flows, gateway):
+        assert not selects(other["spec"]["selector"], pod_labels(serve)), other["metadata"]
+    for workload in (
+        find(built["base"], "StatefulSet"),
+        find(built["overlays/sensors"], "StatefulSet", "sensors"),
+        find(built["gateway"], "Deployment", GATEWAY),
+        redis,  # it serves no /metrics: watched through its clients
+    ):
+        assert not selects(monitor["spec"]["selector"], pod_labels(workload))
+    for any_monitor in (flows, gateway, monitor):
+        assert not selects(any_monitor["spec"]["selector"], pod_labels(redis))
+    rules = find(built["monitoring"], "PrometheusRule")
+    alerts = {r.get("alert") for g in rules["spec"]["groups"] for r in g["rules"]}
+    assert {"RedisWritesDropped", "RedisDown", "ServeErrors", "ServeStreamsSaturated"} <= alerts
+
+
+def test_serve_reads_the_flows_redis_clickhouse_and_windows_with_its_tokens_from_a_file(
+    built: dict[str, list[dict[str, Any]]], serve: dict[str, Any], tmp_path: Path
+) -> None:
+    from waxhouse.settings import load_settings
+
+    env = serve_environment(built, serve)
+    known = settings_names()
+    unknown = [name for name in env if not is_known_setting(name, known)]
+    assert not unknown, f"not read by waxhouse/settings.py: {unknown}"
+    assert "SERVE_TOKENS" not in env, "tokens as a file from the Secret, never a literal"
+    # The Redis the flows write, their ClickHouse, and their windows (both flows').
+    sensors = find(built["overlays/sensors"], "ConfigMap", "waxhouse-sensors-config")["data"]
+    base = find(built["base"], "ConfigMap", "waxhouse-config")["data"]
+    for flow_config in (base, sensors):
+        for name in ("REDIS_URL", "WINDOW_SECONDS", "ALLOWED_LATENESS_SECONDS"):
+            assert env[name] == flow_config[name], name
+    for name in ("SESSION_GAP_SECONDS",):
+        assert env[name] == base[name], name
+    for name in ("SENSOR_WINDOW_SECONDS", "SENSOR_SLIDE_SECONDS", "SENSOR_BATCH_SIZE"):
+        assert env[name] == sensors[name], name
+    optional = [
+        s["configMapRef"]
+        for s in only_container(serve, SERVE)["envFrom"]
+        if s.get("configMapRef", {}).get("optional")
+    ]
+    assert optional == [{"name": "waxhouse-sensors-config", "optional": True}], optional
+    # The tokens file from its Secret, read-only and readable by serve's group.
+    path = Path(env["SERVE_TOKENS_FILE"])
+    container = only_container(serve, SERVE)
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod_spec(serve)["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == SERVE_TOKENS_SECRET
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == path.name]
+    pod_security = pod_spec(serve)["securityContext"]
+    mode = volume["secret"].get("defaultMode", 0o644)
+    assert mode & 0o004 or (mode & 0o040 and pod_security["fsGroup"] == pod_security["runAsGroup"])
+    example = yaml.safe_load((K8S / "serve" / "secret.example.yaml").read_text())
+    assert example["kind"] == "Secret" and example["metadata"]["name"] == SERVE_TOKENS_SECRET
+    assert example["metadata"]["namespace"] == NAMESPACE
+    assert list(example["stringData"]) == [item["key"]]
+    assert not [r for r in built["serve"] if r["kind"] == "Secret"]
+    # A valid configuration, with the example Secret's tokens file where the pod has it.
+    (tokens,) = example["stringData"].values()
+    (tmp_path / "tokens").write_text(tokens)
+    settings = load_settings(env | {"SERVE_TOKENS_FILE": str(tmp_path / "tokens")}, serve=True)
+    assert settings.serve.listen == env["SERVE_LISTEN"]
+    assert settings.serve.tokens == ("TOKEN",)
+    assert settings.serve.max_streams == int(env["SERVE_MAX_STREAMS"])
+    assert settings.redis_url == base["REDIS_URL"]
+    assert (
+        pod_spec(serve)["serviceAccountName"]
+        == find(built["base"], "ServiceAccount")["metadata"]["name"]
+    )
+
+
+def test_waxctl_passes_redis_url_only_without_credentials(tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    url = "rediss://redis.example.com:6380/0"
+    assert waxctl_env(run_deploy_script(tmp_path / "a", {"REDIS_URL": url}))["REDIS_URL"] == url
+    # From the Secret: not passed at all (the chart's envFromSecret gives it).
+    assert "REDIS_URL" not in waxctl_env(
+        run_deploy_script(tmp_path / "b", {"REDIS_URL": "from-secret"})
+    )
+    # With a password: refused, and the URL is not echoed.
+    bin_dir = tmp_path / "c"
+    bin_dir.mkdir()
+    (bin_dir / "waxctl").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "waxctl").chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(K8S / "waxctl" / "deploy.sh")],
+        env={
+            "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin",
+            "REDIS_URL": "rediss://:s3cret@redis.example.com:6380/0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "REDIS_URL holds credentials" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
