@@ -7,6 +7,7 @@ CLI, Prometheus and Grafana provisioning), the Redis hot store and `waxhouse ser
 from __future__ import annotations
 
 import graphlib
+import importlib
 import importlib.util
 import json
 import re
@@ -25,11 +26,13 @@ from jsonschema import Draft202012Validator
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from prometheus_client import REGISTRY, generate_latest
 
 from tests.support.compose import interpolate, read_env_file, refs_in
 from tests.support.compose_schema import ComposeSchemaUnavailable, compose_spec_schema
 from waxhouse.cli import build_parser
 from waxhouse.connectors.clickhouse_store import parse_clickhouse_url
+from waxhouse.monitoring import exposition_types, promql_metric_names, served_family
 from waxhouse.settings import load_settings
 
 if sys.version_info >= (3, 11):
@@ -49,6 +52,21 @@ ENTRYPOINT_RECOVERY = DOCKER / "entrypoint-recovery.sh"
 SETTINGS_PATH = REPO / "waxhouse" / "settings.py"
 PROMETHEUS_CONFIG_PATH = DOCKER / "prometheus" / "prometheus.yml"
 GRAFANA_PROVISIONING = DOCKER / "grafana" / "provisioning"
+DASHBOARD_PATH = DOCKER / "grafana" / "dashboards" / "waxhouse.json"
+# The dashboard's "Redis and serve" row shows each of these metric families: the flows'
+# Redis sink's and `waxhouse serve`'s.
+REDIS_AND_SERVE_METRICS = {
+    "waxhouse_redis_rows_total",  # written / refused / provisional / dropped per table
+    "waxhouse_redis_write_seconds",
+    "waxhouse_redis_errors_total",
+    "waxhouse_redis_up",
+    "waxhouse_serve_requests_total",  # by status
+    "waxhouse_serve_request_seconds",
+    "waxhouse_serve_streams",  # by transport
+    "waxhouse_serve_stream_events_total",
+    "waxhouse_serve_push_delay_seconds",  # per table
+    "waxhouse_serve_redis_up",
+}
 
 SERVICES = {
     "kafka",
@@ -1014,3 +1032,33 @@ def test_grafana_mounts_its_provisioning_and_dashboards(
         if "url" in source:
             assert source["url"].split("//")[1].split(":")[0] in services, source["url"]
     assert {"prometheus", "clickhouse"} <= set(grafana["depends_on"])
+
+
+def test_the_dashboards_redis_and_serve_row_shows_their_metrics_and_only_served_ones() -> None:
+    # Registered on import: the flows' metrics (the Redis sink's among them) and serve's.
+    importlib.import_module("waxhouse.connectors.metrics")
+    importlib.import_module("waxhouse.serve.metrics")
+    types = exposition_types(generate_latest(REGISTRY).decode())
+    panels = json.loads(DASHBOARD_PATH.read_text(encoding="utf-8"))["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    rows = [i for i, panel in enumerate(panels) if panel["type"] == "row"]
+    (start,) = [i for i in rows if panels[i]["title"] == "Redis and serve"]
+    end = min([i for i in rows if i > start], default=len(panels))
+    row = panels[start + 1 : end]
+    assert row and all(panel["targets"] for panel in row)
+    used = {
+        name
+        for panel in row
+        for target in panel["targets"]
+        for name in promql_metric_names(target["expr"])
+    }
+    unserved = {name for name in used if served_family(name, types) is None}
+    assert not unserved, f"no such metric on a flow's or serve's /metrics: {unserved}"
+    assert {served_family(name, types) for name in used} == REDIS_AND_SERVE_METRICS
+    # Below every other panel, each panel inside the grid.
+    row_top = panels[start]["gridPos"]["y"]
+    assert all(p["gridPos"]["y"] + p["gridPos"]["h"] <= row_top for p in panels[:start])
+    for panel in row:
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, panel["title"]
+        assert panel["gridPos"]["y"] > row_top, panel["title"]
