@@ -44,6 +44,7 @@ def declare(window_seconds: float, session_gap_seconds: float) -> Pipeline:
             "revenue": agg.sum("value", where=purchase),
             "unique_users": agg.count_distinct("user_id"),  # exact: the topic is keyed by user
         },
+        live=windows.live(top_by="views", provisional=True),  # trending pages, this minute so far
     )
     user_sessions = Table(
         "user_sessions",
@@ -57,6 +58,7 @@ def declare(window_seconds: float, session_gap_seconds: float) -> Pipeline:
             "entry_page": agg.first("page", by="event_id"),
             "exit_page": agg.last("page", by="event_id"),
         },
+        live=windows.live(),  # each user's latest session, pushed as it closes
     )
     return Pipeline(
         "clickstream",

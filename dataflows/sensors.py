@@ -68,6 +68,7 @@ def declare(settings: waxhouse.Settings) -> Pipeline:
             "humidity_avg": agg.mean("humidity"),
             "over_limit": agg.count(where=over_limit),
         },
+        live=windows.live(provisional=True),  # each device's latest window, and so far
     )
     site_stats = Table(
         "site_stats",
@@ -79,6 +80,7 @@ def declare(settings: waxhouse.Settings) -> Pipeline:
             "temp_avg": agg.mean("temperature"),
             "over_limit": agg.count(where=over_limit),
         },
+        live=windows.live(top_by="readings"),  # the busiest sites of each window
     )
     device_batches = Table(
         "device_batches",
@@ -106,6 +108,7 @@ def declare(settings: waxhouse.Settings) -> Pipeline:
             "readings": agg.count(),
             "peak_temp": agg.max("temperature"),
         },
+        live=windows.live(),  # each device's latest alert, pushed as it is written
     )
     registry = TemporalJoin(
         "devices",

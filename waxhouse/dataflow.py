@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,10 +50,11 @@ from waxhouse.connectors.metrics import (
     WINDOW_FRESHNESS,
     WINDOW_ROWS,
 )
-from waxhouse.engine import CompiledTable, PartitionState
+from waxhouse.engine import CompiledTable, PartitionState, WindowState
 from waxhouse.errors import SettingsError
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, MAX_TS_MS, Schema
 from waxhouse.joins import ReferencePartition, ReferenceUpdate, TemporalJoin
+from waxhouse.livetables import LiveTable, live_tables
 from waxhouse.logs import configure_logging
 from waxhouse.pipeline import CompiledPipeline, Pipeline, PipelineError
 from waxhouse.records import IdleTick, SourceItem
@@ -198,14 +200,18 @@ def build_dataflow(
             "reference_dead_letters", ref_out, lambda out: RowBatch(dead_letters=out.dead_letters)
         )
         parsed = op.merge("events_and_reference", parsed, updates)
+    live = live_tables(compiled)
+    feed = _live_feed(live, settings)
     # (source partition, closed rows of every table + dead letters)
     rows = op.stateful_batch(
-        "windows", parsed, PartitionLogic.builder(compiled, segments, reference_parts)
+        "windows", parsed, PartitionLogic.builder(compiled, segments, reference_parts, feed)
     )
     if reference_dead is not None:
         rows = op.merge("rows", rows, reference_dead)
 
-    to_clickhouse = op.map("route", rows, lambda kv: ("clickhouse", kv[1]))
+    to_clickhouse = op.filter_map(
+        "route", rows, lambda kv: ("clickhouse", kv[1]) if kv[1].stored() else None
+    )
     retry = RetryPolicy(max_attempts=1_000, max_elapsed_seconds=settings.clickhouse_retry_seconds)
     sink = ClickHouseSink(
         settings.clickhouse_url,
@@ -221,6 +227,8 @@ def build_dataflow(
         create_schema=settings.clickhouse_create_schema,
     )
     op.output("clickhouse", to_clickhouse, sink)
+    if feed is not None:
+        _live_output(pipeline.name, live, settings, rows)
 
     if not settings.embedded:
         dead = op.flat_map(
@@ -236,6 +244,65 @@ def build_dataflow(
     for name, notice_topic in notify.items():
         _notices(name, notice_topic, compiled, rows, settings)
     return dataflow
+
+
+@dataclass(frozen=True)
+class LiveFeed:
+    """What the tables' step sends the live store besides final rows: provisional rows
+    at most every `provisional_seconds` (0: none) and, with `marks`, each partition's
+    watermark (which closes windows' tops) at most every `MARK_SECONDS` or with rows."""
+
+    provisional_seconds: float
+    marks: bool
+
+
+MARK_SECONDS = 0.1
+
+
+def _live_feed(live: Mapping[str, LiveTable], settings: Settings) -> LiveFeed | None:
+    """The feed when live tables go somewhere: Redis (`REDIS_URL`), or the flow's own
+    process serving them (`SERVE_LISTEN` set, no Redis)."""
+    if not live or (settings.redis_url is None and not settings.serve_in_flow):
+        return None
+    provisional = any(table.live.provisional for table in live.values())
+    return LiveFeed(
+        settings.redis_provisional_seconds if provisional else 0.0,
+        any(table.live.top_by is not None for table in live.values()),
+    )
+
+
+def _live_output(
+    name: str,
+    live: Mapping[str, LiveTable],
+    settings: Settings,
+    rows: Stream[tuple[str, RowBatch]],
+) -> None:
+    """The live tables' rows to Redis, or to the in-process store `waxhouse serve` reads
+    inside the flow."""
+    names = set(live)
+
+    def for_live(kv: tuple[str, RowBatch]) -> tuple[str, RowBatch] | None:
+        batch = kv[1]
+        if batch.marks or batch.provisional or any(t in names for t in batch.tables):
+            return ("live", batch)
+        return None
+
+    to_live = op.filter_map("live_rows", rows, for_live)
+    if settings.redis_url is not None:
+        from waxhouse.connectors.redis_store import RedisSink
+
+        sink: Any = RedisSink(
+            settings.redis_url,
+            name,
+            live,
+            stream_length=settings.redis_stream_length,
+            budget_seconds=settings.redis_retry_seconds,
+        )
+    else:
+        from waxhouse.connectors.live_memory import serving_sink
+
+        sink = serving_sink(name, live, settings)
+    op.output("live", to_live, sink)
 
 
 def _notices(
@@ -494,11 +561,15 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
         state: PartitionState | None,
         files: SegmentFiles | None = None,
         reference_parts: Callable[[], list[str]] | None = None,
+        feed: LiveFeed | None = None,
     ) -> None:
         self._compiled = compiled
-        self._state = state
         self._files = files
         self._reference_parts = reference_parts
+        self._feed = feed
+        self._provisional_at = self._mark_at = time.monotonic()
+        self._mark = -1
+        self._state = None if state is None else self._fed(state)
 
     @classmethod
     def builder(
@@ -506,26 +577,36 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
         compiled: CompiledPipeline,
         segments: Callable[[], SegmentFiles] | None = None,
         reference_parts: Callable[[], list[str]] | None = None,
+        feed: LiveFeed | None = None,
     ) -> Callable[[bytes | None], PartitionLogic]:
         """`segments`: with recovery, where the snapshots' sealed segments are kept
         (`waxhouse.snapshots`); without, a snapshot is the state pickled whole.
-        `reference_parts`: with a join, its reference's partitions."""
+        `reference_parts`: with a join, its reference's partitions. `feed`: what live
+        tables get besides final rows (`LiveFeed`)."""
 
         def build(resume_state: bytes | None) -> PartitionLogic:
             files = segments() if segments is not None else None
             if resume_state is None:
-                return cls(compiled, None, files, reference_parts)
+                return cls(compiled, None, files, reference_parts, feed)
             state = files.loads(resume_state) if files else pickle.loads(resume_state)
-            return cls(compiled, compiled.restore(state), files, reference_parts)
+            return cls(compiled, compiled.restore(state), files, reference_parts, feed)
 
         return build
+
+    def _fed(self, state: PartitionState) -> PartitionState:
+        """`state`, its windows tracked for provisional rows only if someone takes them."""
+        if self._feed is None or not self._feed.provisional_seconds:
+            for table in state.tables:
+                if isinstance(table, WindowState):
+                    table.recent = None
+        return state
 
     def on_batch(self, values: list[WindowInput]) -> tuple[list[RowBatch], bool]:
         out = RowBatch()
         for value in values:
             if self._state is None:
                 parts = self._reference_parts() if self._reference_parts else []
-                self._state = self._compiled.partition_state(value.part, parts)
+                self._state = self._fed(self._compiled.partition_state(value.part, parts))
             if isinstance(value, IdleTick):
                 out.extend(self._state.idle(value.idle_ms))
             elif isinstance(value, ForPartition):
@@ -554,6 +635,8 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
 
     def _emit(self, out: RowBatch) -> list[RowBatch]:
         state = self._state
+        if state is not None and self._feed is not None:
+            self._live(state, out)
         if state is not None:
             WATERMARK.labels(partition=state.part).set(max(state.watermark, 0) / 1000)
             if state.join is not None:
@@ -568,6 +651,23 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
             if rows:
                 WINDOW_ROWS.labels(table=table).inc(len(rows))
         return [out] if out else []
+
+    def _live(self, state: PartitionState, out: RowBatch) -> None:
+        """Provisional rows and this partition's watermark for the live store, when due."""
+        feed = self._feed
+        assert feed is not None
+        now = time.monotonic()
+        every = feed.provisional_seconds
+        if every and now - self._provisional_at >= every:
+            self._provisional_at = now
+            for table, rows in state.provisional().items():
+                if rows:
+                    out.provisional.setdefault(table, []).extend(rows)
+        mark = state.watermark
+        moved = feed.marks and mark >= 0 and mark != self._mark
+        if moved and (any(out.tables.values()) or now - self._mark_at >= MARK_SECONDS):
+            out.marks[state.part] = self._mark = mark
+            self._mark_at = now
 
 
 def _count_dead(dead_letters: list[DeadLetterRow]) -> None:

@@ -966,6 +966,14 @@ class WindowState(TableState):
         self.windows: dict[int, dict[Any, list]] = {}
         self.touched: set[int] = set()
         self._pickled: dict[int, bytes] = {}
+        # Windows touched since `open_rows` last ran (None: the table has no provisional rows).
+        self.recent: set[int] | None = None
+
+    def bind(self, compiled: CompiledTable) -> None:
+        super().bind(compiled)
+        live = compiled.table.live
+        if live is not None and live.provisional and self.recent is None:
+            self.recent = set()
 
     def encode(self) -> dict[int, bytes]:
         pickled, windows = self._pickled, self.windows
@@ -981,11 +989,27 @@ class WindowState(TableState):
         self._pickled = dict(data)
         self.windows = {start: pickle.loads(blob) for start, blob in data.items()}
         self.touched = set()
+        self.recent = None
 
     def add_all(
         self, events: list[tuple], marks: list[int], late: list[int], out: list[tuple]
     ) -> None:
         self.code.functions["add_all"](self.windows, self.touched, events, marks, late)
+        if self.recent is not None:
+            self.recent |= self.touched
+
+    def open_rows(self, out: list[tuple]) -> None:
+        """The rows so far of the open windows events touched since the last call (a
+        table with provisional rows: `windows.live(provisional=True)`)."""
+        recent = self.recent
+        if not recent:
+            return
+        rows = self.code.functions["rows"]
+        for start in sorted(recent):
+            keys = self.windows.get(start)
+            if keys:
+                out.extend(rows(start, keys, self.part))
+        recent.clear()
 
     def close(self, watermark: int, out: list[tuple]) -> None:
         window = self.code.table.window
@@ -1375,6 +1399,15 @@ class PartitionState:
         if self.max_event_ts is not None:
             self.watermark = max(self.watermark, self.max_event_ts + idle_ms)
         return self._close(RowBatch())
+
+    def provisional(self) -> dict[str, list[tuple]]:
+        """Per table with provisional rows, the rows so far of the open windows touched
+        since the last call."""
+        out: dict[str, list[tuple]] = {}
+        for state in self.tables:
+            if isinstance(state, WindowState) and state.recent:
+                state.open_rows(out.setdefault(state.table, []))
+        return out
 
     def flush(self) -> RowBatch:
         """End of bounded input: emit everything still open (and keep it open)."""

@@ -80,6 +80,7 @@ class Settings:
     redis_provisional_seconds: float = 1.0
     redis_retry_seconds: float = 60.0
     redis_stream_length: int = 10_000
+    serve_in_flow: bool = False  # SERVE_LISTEN set: a flow serves its live tables itself
     gateway: GatewaySettings = field(default_factory=lambda: GatewaySettings())
     serve: ServeSettings = field(default_factory=lambda: ServeSettings())
 
@@ -402,9 +403,11 @@ def load_settings(
 ) -> Settings:
     """Build the settings from `environ` (default: the process environment). The GATEWAY_*
     variables are read only with `gateway` (`waxhouse gateway`), the SERVE_* ones only with
-    `serve` (`waxhouse serve`, or a flow serving in its own process): otherwise they are
-    neither checked nor their tokens read, and the defaults stand."""
+    `serve` (`waxhouse serve`) or when `SERVE_LISTEN` is set (a flow serving its live
+    tables itself): otherwise they are neither checked nor their tokens read, and the
+    defaults stand."""
     env = os.environ if environ is None else environ
+    serve_in_flow = _text(env, "SERVE_LISTEN") is not None
     store = _text(env, "CLICKHOUSE_URL") or f"chdb://{os.path.abspath(DEFAULT_STORE)}"
     offset = _choice(env, "KAFKA_STARTING_OFFSET", "earliest", ("earliest", "latest"))
     client = _choice(env, "KAFKA_CLIENT", "kafka-python", KAFKA_CLIENTS)
@@ -447,5 +450,6 @@ def load_settings(
         redis_retry_seconds=_float(env, "REDIS_RETRY_SECONDS", 60.0),
         redis_stream_length=_int(env, "REDIS_STREAM_LENGTH", 10_000),
         gateway=load_gateway_settings(env) if gateway else GatewaySettings(),
-        serve=load_serve_settings(env) if serve else ServeSettings(),
+        serve_in_flow=serve_in_flow,
+        serve=load_serve_settings(env) if serve or serve_in_flow else ServeSettings(),
     )

@@ -7,6 +7,9 @@ as `python -m bytewax.run` would. The production code has no fault hooks.
   for more than one table (dead letters count as one), insert the first table's rows only
   (the clickstream's `page_stats`), then SIGKILL this process: a crash in the middle of a
   sink flush.
+- `FAULT_KILL_MID_REDIS=N`: on the N-th (or first later) Redis write of more than one
+  script call, send the first call only (its rows are in Redis), then SIGKILL this
+  process: a crash in the middle of a live write.
 - `FAULT_INSERT_FAILURES=N`: N insert attempts fail with a transient (network) error
   before reaching ClickHouse; with `FAULT_INSERTS_BEFORE_OUTAGE=M`, after M inserts
   went through.
@@ -45,6 +48,25 @@ def _kill_mid_flush(at_write: int) -> None:
     clickhouse.ClickHouseWriter.write = faulty_write  # type: ignore[method-assign]
 
 
+def _kill_mid_redis(at_write: int) -> None:
+    from waxhouse.connectors import redis_store
+
+    send = redis_store.RedisWriter._send
+    writes = 0
+
+    def faulty_send(self: redis_store.RedisWriter, calls: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        if writes >= at_write and len(calls) > 1:
+            send(self, calls[:1])
+            sys.stderr.write("fault_run: SIGKILL in the middle of a Redis write\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return send(self, calls)
+
+    redis_store.RedisWriter._send = faulty_send  # type: ignore[method-assign]
+
+
 def _failing_inserts(count: int, after: int) -> None:
     init = clickhouse.ClickHouseWriter.__init__
     failures, healthy = count, after
@@ -70,6 +92,8 @@ def _failing_inserts(count: int, after: int) -> None:
 def main() -> None:
     if os.environ.get("FAULT_KILL_MID_FLUSH"):
         _kill_mid_flush(int(os.environ["FAULT_KILL_MID_FLUSH"]))
+    if os.environ.get("FAULT_KILL_MID_REDIS"):
+        _kill_mid_redis(int(os.environ["FAULT_KILL_MID_REDIS"]))
     if os.environ.get("FAULT_INSERT_FAILURES"):
         after = int(os.environ.get("FAULT_INSERTS_BEFORE_OUTAGE", "0"))
         _failing_inserts(int(os.environ["FAULT_INSERT_FAILURES"]), after)

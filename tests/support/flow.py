@@ -37,6 +37,8 @@ def flow_env(overrides: Mapping[str, str]) -> dict[str, str]:
         "SENSOR",
         "DEVICES_",
         "ALERT",
+        "REDIS_",
+        "SERVE_",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(overrides)
