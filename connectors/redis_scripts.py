@@ -7,11 +7,13 @@ either written whole or not at all, and the replay that follows writes what is m
 - `WRITE_FINAL`: final rows, each a compare-and-set on its version: an equal or older
   version (a replay, a partial row) is refused and changes nothing, a stream entry
   included. ARGV: namespace, ttl ms, stream length, top ('1'/'0'), rows in the stream
-  ('1'/'0'), then per row: kid, wid, order, part, version, row JSON, score, deleted
-  ('1'/'0'), close time (window end + lateness, ms). Returns {written, refused}.
-- `WRITE_PROVISIONAL`: open windows' rows so far, where no final row of that part exists
-  and the version is newer. ARGV: namespace, ttl ms, then per row: kid, wid, order,
-  part, version, row JSON. Returns {written, refused}.
+  ('1'/'0'), session spans ('1'/'0'), then per row: kid, wid, order, part, version, row
+  JSON, score, deleted ('1'/'0'), close time (window end + lateness, ms), session end.
+  Returns {written, refused}.
+- `WRITE_PROVISIONAL`: open windows' and sessions' rows so far, where no final row of
+  that part exists and the version is newer. ARGV: namespace, ttl ms, session spans,
+  then per row: kid, wid, order, part, version, row JSON, session end. Returns
+  {written, refused}.
 - `WATERMARKS`: source partitions' watermarks (each only moves forward); then, per table
   with a top, every window whose close time the smallest watermark has passed gets one
   `top` stream entry, once. ARGV: marks key, n, then n (part, watermark) pairs, then per
@@ -22,15 +24,35 @@ from __future__ import annotations
 
 __all__ = ["WATERMARKS", "WRITE_FINAL", "WRITE_PROVISIONAL"]
 
-WRITE_FINAL = """
+# Sessions: a provisional row of the key starting within the session just written
+# (from its start to `span_end`) is an earlier state of that session, whose start has
+# moved or which merged with another: it goes, unless a final row is there too.
+_FORGET_PROVISIONAL = """
+local function forget_provisional(ns, kkey, kid, part, wid, order, span_end)
+  for _, other in ipairs(redis.call('ZRANGEBYSCORE', kkey, order, span_end)) do
+    if other ~= wid then
+      local okey = ns .. ':r:' .. other .. ':' .. kid
+      if redis.call('HEXISTS', okey, 'v:' .. part) == 0 then
+        redis.call('DEL', okey)
+        redis.call('ZREM', kkey, other)
+      end
+    end
+  end
+end
+"""
+
+WRITE_FINAL = (
+    _FORGET_PROVISIONAL
+    + """
 local ns, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local top, stream_rows = ARGV[4] == '1', ARGV[5] == '1'
+local top, stream_rows, spans = ARGV[4] == '1', ARGV[5] == '1', ARGV[6] == '1'
 local through = tonumber(redis.call('GET', ns .. ':through') or '-1')
 local written, refused = 0, 0
-for i = 6, #ARGV, 9 do
+for i = 7, #ARGV, 10 do
   local kid, wid, order, part = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local version, row, score = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local deleted, close_at = ARGV[i + 7] == '1', tonumber(ARGV[i + 8])
+  local span_end = ARGV[i + 9]
   local rkey = ns .. ':r:' .. wid .. ':' .. kid
   local held = redis.call('HGET', rkey, 'v:' .. part)
   if held and tonumber(held) >= tonumber(version) then
@@ -51,6 +73,7 @@ for i = 6, #ARGV, 9 do
       redis.call('ZADD', kkey, order, wid)
       redis.call('ZREMRANGEBYRANK', kkey, 0, -9)
     end
+    if spans then forget_provisional(ns, kkey, kid, part, wid, order, span_end) end
     redis.call('PEXPIRE', kkey, ttl)
     if top then
       local tkey = ns .. ':t:' .. wid
@@ -69,13 +92,16 @@ for i = 6, #ARGV, 9 do
 end
 return {written, refused}
 """
+)
 
-WRITE_PROVISIONAL = """
-local ns, ttl = ARGV[1], tonumber(ARGV[2])
+WRITE_PROVISIONAL = (
+    _FORGET_PROVISIONAL
+    + """
+local ns, ttl, spans = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local written, refused = 0, 0
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 7 do
   local kid, wid, order, part = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local version, row = ARGV[i + 4], ARGV[i + 5]
+  local version, row, span_end = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local rkey = ns .. ':r:' .. wid .. ':' .. kid
   local final, held = unpack(redis.call('HMGET', rkey, 'v:' .. part, 'qv:' .. part))
   if final or (held and tonumber(held) >= tonumber(version)) then
@@ -86,12 +112,14 @@ for i = 3, #ARGV, 6 do
     local kkey = ns .. ':k:' .. kid
     redis.call('ZADD', kkey, order, wid)
     redis.call('ZREMRANGEBYRANK', kkey, 0, -9)
+    if spans then forget_provisional(ns, kkey, kid, part, wid, order, span_end) end
     redis.call('PEXPIRE', kkey, ttl)
     written = written + 1
   end
 end
 return {written, refused}
 """
+)
 
 WATERMARKS = """
 local marks, n = ARGV[1], tonumber(ARGV[2])

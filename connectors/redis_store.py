@@ -123,6 +123,7 @@ class RedisWriter:
                 self._stream_length,
                 "1" if table.score is not None else "0",
                 "1" if table.streams_rows else "0",
+                "1" if table.sessions else "0",
             ]
             for start in range(0, len(rows), ROWS_PER_CALL):
                 chunk = rows[start : start + ROWS_PER_CALL]
@@ -139,6 +140,7 @@ class RedisWriter:
                         table.score_of(row),
                         "1" if row_id.deleted else "0",
                         table.close_at(row) if table.windowed else 0,
+                        table.span_end(row),
                     ]
                 yield "final", name, self._final, args, len(chunk)
         for name, rows in batch.provisional.items():
@@ -147,7 +149,7 @@ class RedisWriter:
                 continue
             for start in range(0, len(rows), ROWS_PER_CALL):
                 chunk = rows[start : start + ROWS_PER_CALL]
-                args = [table.namespace, table.live.ttl_ms]
+                args = [table.namespace, table.live.ttl_ms, "1" if table.sessions else "0"]
                 for row in chunk:
                     row_id = table.identify(row)
                     args += [
@@ -157,6 +159,7 @@ class RedisWriter:
                         row_id.part,
                         row_id.version,
                         orjson.dumps(row),
+                        table.span_end(row),
                     ]
                 yield "provisional", name, self._provisional, args, len(chunk)
         if batch.marks and self._top:

@@ -58,7 +58,7 @@ def declare(window_seconds: float, session_gap_seconds: float) -> Pipeline:
             "entry_page": agg.first("page", by="event_id"),
             "exit_page": agg.last("page", by="event_id"),
         },
-        live=windows.live(),  # each user's latest session, pushed as it closes
+        live=windows.live(provisional=True),  # each user's session so far, then final
     )
     return Pipeline(
         "clickstream",

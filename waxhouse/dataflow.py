@@ -50,7 +50,7 @@ from waxhouse.connectors.metrics import (
     WINDOW_FRESHNESS,
     WINDOW_ROWS,
 )
-from waxhouse.engine import CompiledTable, PartitionState, WindowState
+from waxhouse.engine import CompiledTable, PartitionState, SessionState, WindowState
 from waxhouse.errors import SettingsError
 from waxhouse.fields import DEFAULT_MAX_FUTURE_MS, MAX_TS_MS, Schema
 from waxhouse.joins import ReferencePartition, ReferenceUpdate, TemporalJoin
@@ -597,7 +597,7 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
         """`state`, its windows tracked for provisional rows only if someone takes them."""
         if self._feed is None or not self._feed.provisional_seconds:
             for table in state.tables:
-                if isinstance(table, WindowState):
+                if isinstance(table, (WindowState, SessionState)):
                     table.recent = None
         return state
 

@@ -1101,6 +1101,14 @@ class SessionState(KeyedState):
         # generation its start was set in: if a flush came after (its generation is
         # lower), a row was written under that start, and moving the start must delete it.
         self.generation = 0
+        # Keys events touched since `open_rows` last ran (None: no provisional rows).
+        self.recent: set[Any] | None = None
+
+    def bind(self, compiled: CompiledTable) -> None:
+        super().bind(compiled)
+        live = compiled.table.live
+        if live is not None and live.provisional and self.recent is None:
+            self.recent = set()
 
     def encode(self) -> tuple[list[Segment], int]:  # type: ignore[override]
         return super().encode(), self.generation
@@ -1109,6 +1117,7 @@ class SessionState(KeyedState):
         """The heap is not in the snapshot: it is rebuilt from the keys' deadlines."""
         segments, self.generation = data
         super().decode(segments)
+        self.recent = None
         self._deadlines = [
             (key_state[_DEADLINE], key)
             for key, key_state in self.keys.items()
@@ -1125,7 +1134,31 @@ class SessionState(KeyedState):
     def add_all(
         self, events: list[tuple], marks: list[int], late: list[int], out: list[tuple]
     ) -> None:
-        self.code.functions["add_all"](self, events, marks, late)
+        recent = self.recent
+        if recent is None:
+            self.code.functions["add_all"](self, events, marks, late)
+            return
+        # The keys of this batch alone: a fresh `dirty` for the call, merged back after.
+        dirty, self.dirty = self.dirty, set()
+        try:
+            self.code.functions["add_all"](self, events, marks, late)
+        finally:
+            touched, self.dirty = self.dirty, dirty
+            dirty |= touched
+            recent |= touched
+
+    def open_rows(self, out: list[tuple]) -> None:
+        """The rows so far of the open sessions of the keys events touched since the last
+        call (a table with provisional rows)."""
+        recent = self.recent
+        if not recent:
+            return
+        row, keys = self.code.functions["row"], self.keys
+        for key in recent:
+            state = keys.get(key)
+            if state is not None:
+                out.extend(row(key, session) for session in state[_SESSIONS:])
+        recent.clear()
 
     def schedule(self, key: Any, state: list, deadline: int) -> None:
         """Make sure `key` is looked at once the watermark passes `deadline`."""
@@ -1405,7 +1438,7 @@ class PartitionState:
         since the last call."""
         out: dict[str, list[tuple]] = {}
         for state in self.tables:
-            if isinstance(state, WindowState) and state.recent:
+            if isinstance(state, (WindowState, SessionState)) and state.recent:
                 state.open_rows(out.setdefault(state.table, []))
         return out
 

@@ -36,7 +36,7 @@ import orjson
 
 from waxhouse.engine import CompiledTable, PipelineError
 from waxhouse.fields import format_rfc3339
-from waxhouse.tables import Live, Sliding, Tumbling
+from waxhouse.tables import Live, Session, Sliding, Tumbling
 from waxhouse.views import final_rows, time_columns
 
 __all__ = ["KEY_SEPARATOR", "LiveTable", "live_tables", "marks_key"]
@@ -112,10 +112,15 @@ class LiveTable:
             self.score = columns.index(compiled.stored[live.top_by][0])
             if aggregate.operation == "sum" and aggregate.field is not None:
                 self.places = getattr(compiled.kind(aggregate.field), "places", 0)
-        if live.provisional and not self.windowed:
+        self.sessions = isinstance(window, Session)
+        if live.provisional and not (self.windowed or self.sessions):
             raise PipelineError(
-                f"{self.name}: live provisional rows need a tumbling or sliding window"
+                f"{self.name}: live provisional rows need a tumbling, sliding or session "
+                "window (count windows and episodes have no row until one is complete)"
             )
+        # A session's span: a provisional row of the key that starts inside it is an
+        # earlier state of the same session (its start moved, or it merged), and goes.
+        self.end = columns.index(window.columns[1]) if self.sessions else None
         self.times = time_columns(compiled)
         self.lateness_ms = compiled.lateness_ms
         self.streams_rows = live.top_by is None
@@ -141,6 +146,11 @@ class LiveTable:
     def close_at(self, row: tuple) -> int:
         """When the row's window closes: its end plus the lateness (a watermark past it)."""
         return int(row[self.window]) + self.size_ms + self.lateness_ms
+
+    def span_end(self, row: tuple) -> int:
+        """A session row's end (0 for other windows): provisional rows of the key that
+        start within the session are replaced by this row."""
+        return 0 if self.end is None else int(row[self.end])
 
     # --- reading ----------------------------------------------------------------------
 

@@ -184,3 +184,56 @@ def test_redis_down_past_the_budget_drops_and_counts_then_resumes() -> None:
             assert not writer.dropping and REDIS_UP._value.get() == 1
             assert shown(client, live["users"], 0, "u3")["row"]["views"] == 1
             assert shown(client, live["users"], 0, "u1") is None
+
+
+def session_tables() -> dict[str, LiveTable]:
+    visits = Table(
+        "visits",
+        key="user",
+        window=windows.session(100),
+        aggregates={"views": agg.count()},
+        live=windows.live(provisional=True),
+    )
+    return live_tables(Pipeline("shop", schema, key="user", tables=[visits]).compile(0))
+
+
+def session_row(user: str, start: int, end: int, views: int, deleted: int = 0) -> tuple:
+    # user, session_start, session_end, views, version, deleted (the table's layout)
+    return (user, start, end, views, views, deleted)
+
+
+def test_a_session_so_far_follows_its_start_and_merges_then_the_final_row_replaces_it(
+    client: redis.Redis,
+) -> None:
+    live = session_tables()
+    visits = live["visits"]
+    assert visits.compiled.columns == (
+        "user", "session_start", "session_end", "views", "version", "deleted"
+    )  # fmt: skip
+    writer = RedisWriter(client, "shop", live)
+    index = f"{visits.namespace}:k:u1"
+
+    def provisional(*rows: tuple) -> None:
+        writer.write(batch_of("visits", provisional=list(rows)))
+
+    provisional(session_row("u1", 100_000, 110_000, 2), session_row("u1", 500_000, 500_000, 1))
+    assert client.zrange(index, 0, -1) == [b"100000", b"500000"]
+    # An earlier event moved the first session's start: its old row goes.
+    provisional(session_row("u1", 90_000, 110_000, 3))
+    assert client.zrange(index, 0, -1) == [b"90000", b"500000"]
+    assert not client.exists(f"{visits.namespace}:r:100000:u1")
+    # The two sessions merged, and closed: one final row replaces both provisional ones.
+    writer.write(batch_of("visits", final=[session_row("u1", 90_000, 500_000, 5)]))
+    assert client.zrange(index, 0, -1) == [b"90000"]
+    assert not client.exists(f"{visits.namespace}:r:500000:u1")
+    got = visits.render_row("u1", client.hgetall(f"{visits.namespace}:r:90000:u1"))
+    assert got["final"] is True and got["row"]["views"] == 5
+
+
+def batch_of(table: str, *, final: list[tuple] = (), provisional: list[tuple] = ()) -> RowBatch:  # type: ignore[assignment]
+    out = RowBatch()
+    if final:
+        out.rows(table).extend(final)
+    if provisional:
+        out.provisional[table] = list(provisional)
+    return out
