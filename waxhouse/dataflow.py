@@ -299,7 +299,7 @@ def _live_output(
             budget_seconds=settings.redis_retry_seconds,
         )
     else:
-        from waxhouse.connectors.live_memory import serving_sink
+        from waxhouse.serve.embedded import serving_sink
 
         sink = serving_sink(name, live, settings)
     op.output("live", to_live, sink)
