@@ -52,6 +52,7 @@ from tests.support.compose import (
 from tests.support.flow import REPO, run_python
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.kafka_broker import LOOPBACK, BrokerPorts, KafkaBroker, create_topic
+from tests.support.live import clickstream_live, redis_rows
 
 pytestmark = pytest.mark.integration
 
@@ -131,10 +132,17 @@ def broker(services: dict[str, dict[str, Any]]) -> Iterator[tuple[KafkaBroker, L
 
 
 def on_this_machine(
-    environment: Mapping[str, Any], internal: str, store_url: str, tmp_path: Path
+    environment: Mapping[str, Any],
+    internal: str,
+    store_url: str,
+    tmp_path: Path,
+    redis_url: str = "",
 ) -> dict[str, str]:
     """A service's environment with the compose network's names replaced."""
     env = {name: str(value) for name, value in environment.items()}
+    if "REDIS_URL" in env:
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        env["REDIS_URL"] = redis_url
     if "KAFKA_BOOTSTRAP_SERVERS" in env:
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
         env["KAFKA_BOOTSTRAP_SERVERS"] = internal
@@ -222,6 +230,7 @@ def test_both_listeners_of_the_compose_broker_serve_clients(
 def test_the_stack_runs_end_to_end(
     broker: tuple[KafkaBroker, Listeners],
     services: dict[str, dict[str, Any]],
+    redis_url: str,
     tmp_path: Path,
 ) -> None:
     _, listeners = broker
@@ -243,7 +252,8 @@ def test_the_stack_runs_end_to_end(
         create_topic(internal, topic, int(partitions))
 
     def service_env(name: str) -> dict[str, str]:
-        return on_this_machine(services[name]["environment"], internal, store_url, tmp_path)
+        environment = services[name]["environment"]
+        return on_this_machine(environment, internal, store_url, tmp_path, redis_url)
 
     shell, flag, script = services["schema"]["command"]
     assert (shell, flag) == ("sh", "-c")
@@ -301,6 +311,11 @@ def test_the_stack_runs_end_to_end(
         sessions = query_rows(store_url, "SELECT sum(events) FROM user_sessions")
         assert views[0][0] == sessions[0][0] == valid
         assert os.path.isdir(env["BYTEWAX_RECOVERY_DIRECTORY"])
+        # The live tables reached the compose stack's Redis, row for row.
+        live = clickstream_live()
+        for name in ("page_stats", "user_sessions"):
+            stored = query_rows(store_url, f"SELECT count() FROM {name}")[0][0]  # noqa: S608
+            assert len(redis_rows(redis_url, live[name])) == stored > 0, name
 
         # The sensors flow: its load generator's readings and registry, through its service.
         loadgen = services["sensors-loadgen"]["command"]

@@ -3,7 +3,6 @@ writes, several times, then Redis holds exactly ClickHouse's final rows, key for
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 import signal
@@ -16,21 +15,13 @@ from tests.integration.test_recovery import kafka_env, kill9, wait_started
 from tests.support.clickhouse import view_rows
 from tests.support.flow import recovery_args, run_flow, start_flow
 from tests.support.kafka_broker import TopicFactory
-from tests.support.live import provisional_rows, redis_rows
+from tests.support.live import clickstream_live, provisional_rows, redis_rows
 from tests.support.oracle import oracle
 from tests.support.produce import produce_records
 from tests.support.tables import assert_tables_match, read_tables
 from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
-from waxhouse.livetables import live_tables
-from waxhouse.settings import load_settings
 
 pytestmark = pytest.mark.integration
-
-
-def clickstream_live() -> dict:
-    flow = importlib.import_module("dataflows.clickstream")
-    settings = load_settings({})
-    return live_tables(flow.pipeline.compile(settings.lateness_ms, settings.dedup_ms))
 
 
 @pytest.mark.slow

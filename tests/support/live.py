@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import orjson
 import redis
 
-from waxhouse.livetables import LiveTable
+from waxhouse.livetables import LiveTable, live_tables
+from waxhouse.settings import load_settings
 from waxhouse.views import final_rows
+
+
+def clickstream_live() -> dict[str, LiveTable]:
+    """The clickstream's live tables, with the default settings."""
+    flow = importlib.import_module("dataflows.clickstream")
+    settings = load_settings({})
+    return live_tables(flow.pipeline.compile(settings.lateness_ms, settings.dedup_ms))
 
 
 def redis_rows(url: str, table: LiveTable) -> list[dict[str, Any]]:
