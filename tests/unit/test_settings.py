@@ -320,3 +320,58 @@ def test_invalid_gateway_settings_fail_naming_the_variable(
         load_settings(env, gateway=True)
     # A flow reads none of them: a gateway's settings cannot stop it, nor its tokens reach it.
     assert load_settings(env).gateway == load_settings({}).gateway
+
+
+def test_the_redis_settings_and_their_defaults() -> None:
+    settings = load_settings({})
+    assert settings.redis_url is None and not settings.serve_in_flow
+    assert (settings.redis_provisional_seconds, settings.redis_retry_seconds) == (1.0, 60.0)
+    assert settings.redis_stream_length == 10_000
+    custom = load_settings(
+        {
+            "REDIS_URL": "rediss://:p4ss@cache.example:6380/2",
+            "REDIS_PROVISIONAL_SECONDS": "0",
+            "REDIS_RETRY_SECONDS": "5",
+            "REDIS_STREAM_LENGTH": "100",
+        }
+    )
+    assert custom.redis_url == "rediss://:p4ss@cache.example:6380/2"
+    assert (custom.redis_provisional_seconds, custom.redis_retry_seconds) == (0.0, 5.0)
+    assert custom.redis_stream_length == 100
+    text = repr(custom) + str(custom.describe())
+    assert "p4ss" not in text
+    assert custom.describe()["redis_url"] == "rediss://:***@cache.example:6380/2"
+
+
+def test_serve_settings_are_read_by_serve_or_by_a_flow_serving_itself(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("s-one\n")
+    env = {"SERVE_TOKENS_FILE": str(path), "SERVE_MAX_STREAMS": "50"}
+    assert load_settings(env).serve == load_settings({}).serve  # a plain flow reads none
+    serve = load_settings(env, serve=True).serve
+    assert (serve.listen, serve.tokens, serve.max_streams) == ("127.0.0.1:8090", ("s-one",), 50)
+    flow = load_settings({**env, "SERVE_LISTEN": "127.0.0.1:9999"})
+    assert flow.serve_in_flow and flow.serve.listen == "127.0.0.1:9999"
+    assert flow.serve.tokens == ("s-one",)
+    assert "s-one" not in repr(flow) + str(flow.serve.describe())
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://cache:port"}, "REDIS_URL"),
+        ({"REDIS_PROVISIONAL_SECONDS": "-1"}, "REDIS_PROVISIONAL_SECONDS"),
+        ({"REDIS_RETRY_SECONDS": "soon"}, "REDIS_RETRY_SECONDS"),
+        ({"REDIS_STREAM_LENGTH": "0"}, "REDIS_STREAM_LENGTH"),
+        ({"SERVE_LISTEN": "8090"}, "SERVE_LISTEN"),
+        ({"SERVE_LISTEN": "h:1", "SERVE_MAX_STREAMS": "0"}, "SERVE_MAX_STREAMS"),
+        ({"SERVE_LISTEN": "h:1", "SERVE_TOKENS": "a", "SERVE_TOKENS_FILE": "/x"}, "SERVE_TOKENS"),
+    ],
+)
+def test_invalid_redis_and_serve_settings_fail_naming_the_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(env, serve=True)
