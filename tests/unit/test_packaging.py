@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "waxhouse.joins": CORE,
     "waxhouse.pipeline": CORE,
     "waxhouse.views": CORE,
+    "waxhouse.livetables": CORE,
     "waxhouse.testing": CORE,
     "waxhouse.dataflow": ASSEMBLY,
     "waxhouse.recovery": ASSEMBLY,
@@ -57,6 +58,8 @@ LAYERS: dict[str, int] = {
     "waxhouse.gateway": ASSEMBLY,
     "waxhouse.gateway.producer": ASSEMBLY,
     "waxhouse.gateway.server": ASSEMBLY,
+    # Live results: the server over any reader, and the flow's own in-process store.
+    "waxhouse.serve.embedded": ASSEMBLY,
     "waxhouse.cli": TOP,
     # The package itself is the public facade: the core's names, and `flow` on first use.
     "waxhouse": TOP,
