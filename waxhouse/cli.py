@@ -8,6 +8,7 @@
     waxhouse schema --print [--replicated --cluster analytics]   # show the DDL only
     waxhouse produce --rate 500                        # generated events into Kafka
     waxhouse gateway                                   # HTTP/WebSocket into Kafka (docs/gateway.md)
+    waxhouse serve                                     # live tables over HTTP/SSE (docs/serving.md)
 
 `schema` imports the pipeline's module from the current directory (as `python -m
 bytewax.run` does) and applies the DDL its tables derive, plus the dead letters' table.
@@ -47,7 +48,7 @@ from waxhouse.connectors.loadgen import LoadConfig, LoadGenerator
 from waxhouse.errors import SettingsError, SourceError, WaxhouseError
 from waxhouse.logs import configure_logging
 from waxhouse.pipeline import Pipeline
-from waxhouse.settings import Settings, load_settings
+from waxhouse.settings import Settings, load_settings, mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +282,78 @@ def run_gateway(settings: Settings, args: argparse.Namespace) -> None:
     asyncio.run(gateway.serve())
 
 
+SERVE_FLOWS = {"clickstream": "dataflows.clickstream", "sensors": "dataflows.sensors"}
+
+
+def serve_tables(settings: Settings, flow: str, specs: Sequence[str]) -> dict[str, Any]:
+    """The live tables of `--flow`'s pipelines and each `--pipeline MODULE[:NAME]`'s,
+    compiled as the flow compiles them, by name (unique across pipelines)."""
+    from waxhouse.livetables import live_tables
+
+    modules = [
+        *(SERVE_FLOWS.values() if flow == "all" else () if flow == "none" else [SERVE_FLOWS[flow]]),
+        *specs,
+    ]
+    tables: dict[str, Any] = {}
+    for spec in modules:
+        compiled = load_pipeline(spec).compile(settings.lateness_ms, settings.dedup_ms)
+        for name, table in live_tables(compiled).items():
+            if name in tables:
+                raise SettingsError(
+                    f"serve: two pipelines have a live table {name!r} ({tables[name].namespace}, "
+                    f"{table.namespace}); serve them from separate processes"
+                )
+            tables[name] = table
+    if not tables:
+        raise SettingsError(
+            f"serve: no live tables in {', '.join(modules) or 'no pipeline'} (declare "
+            "live=windows.live(...) on a table)"
+        )
+    return tables
+
+
+def run_serve(settings: Settings, args: argparse.Namespace) -> None:
+    """Serve the live tables until SIGTERM/SIGINT (see waxhouse.serve)."""
+    if settings.redis_url is None:
+        raise SettingsError("REDIS_URL must be set: serve reads the live tables from Redis")
+    try:
+        from waxhouse.serve.history import History
+        from waxhouse.serve.server import LiveServer
+        from waxhouse.serve.store import RedisReader
+    except ImportError as e:
+        raise SettingsError(
+            f"serve needs the serve extra (from the repository: pip install -e '.[serve]'): {e}"
+        ) from None
+    tables = serve_tables(settings, args.flow, args.pipeline)
+    config = settings.serve
+    target = parse_clickhouse_url(settings.clickhouse_url)
+    logger.info(
+        "serve starting: %s",
+        {
+            "tables": {name: table.namespace for name, table in tables.items()},
+            "redis_url": mask_url(settings.redis_url),
+            "history": target.masked(),
+            **config.describe(),
+        },
+    )
+    if not config.tokens:
+        logger.warning(
+            "SERVE_TOKENS and SERVE_TOKENS_FILE are unset: anyone who reaches %s can read",
+            config.listen,
+        )
+
+    async def serve() -> None:
+        reader = RedisReader(settings.redis_url or "")
+        history = History(target)
+        try:
+            await LiveServer(tables, reader, config, history).serve()
+        finally:
+            await reader.close()
+            history.close()
+
+    asyncio.run(serve())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="waxhouse",
@@ -358,6 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve another pipeline's events at PATH into TOPIC, keyed by its key "
         "field, e.g. /v1/orders=shop.orders:pipeline@orders (repeatable)",
     )
+    serve = commands.add_parser(
+        "serve",
+        help="serve the live tables (Redis) over HTTP, Server-Sent Events and WebSocket, and "
+        "their history from ClickHouse (docs/serving.md)",
+    )
+    serve.add_argument(
+        "--flow",
+        choices=("all", *SERVE_FLOWS, "none"),
+        default="all",
+        help="whose live tables: clickstream, sensors, all (default), or none (only --pipeline)",
+    )
+    serve.add_argument(
+        "--pipeline",
+        action="append",
+        default=[],
+        metavar="MODULE[:NAME]",
+        help="also serve this pipeline's live tables, e.g. shop.orders:pipeline (repeatable)",
+    )
     return parser
 
 
@@ -365,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(
-        "INFO" if args.verbose or args.command in ("produce", "gateway") else "WARNING"
+        "INFO" if args.verbose or args.command in ("produce", "gateway", "serve") else "WARNING"
     )
     if args.command == "schema" and args.replicated != (args.cluster is not None):
         parser.error("--replicated and --cluster go together")
@@ -373,13 +464,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schema" and args.print:
             print_schema(pipeline_statements(args.pipeline), args.cluster, sys.stdout)
             return 0
-        settings = load_settings(gateway=args.command == "gateway")
+        settings = load_settings(gateway=args.command == "gateway", serve=args.command == "serve")
         target = parse_clickhouse_url(settings.clickhouse_url)
         params = _parameters(args.param) if args.command == "sql" else {}
         if args.command == "produce":
             run_produce(settings, args)
         elif args.command == "gateway":
             run_gateway(settings, args)
+        elif args.command == "serve":
+            run_serve(settings, args)
         elif args.command == "sql":
             run_sql(target, args.query, params, args.format, sys.stdout)
         else:
