@@ -1,0 +1,316 @@
+"""`waxhouse serve` against a real redis-server, rows written by the flow's own writer.
+
+Lookups (composite keys, keys holding `/`, 404), closed windows' tops, Server-Sent
+Events and WebSocket streams resumed after a dropped connection with no gap and no
+duplicate (compared with the stream's XRANGE), the gap event once the stream was trimmed,
+tokens, CORS, SERVE_MAX_STREAMS, metrics, and no secret in /metrics or the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.support.gateway import request
+from tests.support.redis_server import RedisServer
+from tests.support.serve import LiveRows, ServeProcess, SseClient, SseEvent, start_serve
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def live(redis_url: str) -> Iterator[LiveRows]:
+    rows = LiveRows(redis_url)
+    yield rows
+    rows.close()
+
+
+@pytest.fixture
+def serve(redis_url: str) -> Iterator[ServeProcess]:
+    with start_serve(redis_url) as process:
+        yield process
+
+
+def get(url: str, **headers: str) -> Any:
+    return request("GET", url, headers=headers)
+
+
+def rendered(live: LiveRows, table: str, fields: dict[bytes, bytes]) -> tuple[str, Any]:
+    name, data = live.tables[table].render_entry(fields)
+    return name, orjson.loads(data)
+
+
+def assert_exactly_the_stream(live: LiveRows, table: str, got: list[SseEvent]) -> None:
+    """`got` is the stream's entries, each once, in order, as the server renders them."""
+    stream = live.stream(table)
+    assert [event.id for event in got] == [entry_id for entry_id, _ in stream]
+    for event, (_, fields) in zip(got, stream, strict=True):
+        assert (event.event, event.data) == rendered(live, table, fields)
+
+
+# --- lookups ------------------------------------------------------------------------------
+
+
+def test_a_key_answers_its_newest_window_row(live: LiveRows, serve: ServeProcess) -> None:
+    live.visit(0, "u1", "/a/b", views=3)
+    live.visit(1, "u1", "/a/b", views=5)
+    live.visit(1, "u2", "/a/b", views=1)
+
+    answer = get(serve.url + "/v1/visits/u1//a/b")  # (user_id, page): the page holds "/"
+    assert answer.status == 200, answer
+    assert answer.json() == {
+        "table": "visits",
+        "key": "u1//a/b",
+        "final": True,
+        "row": {
+            "window_start": "1970-01-01T00:01:00.000Z",
+            "window_end": "1970-01-01T00:02:00.000Z",
+            "user_id": "u1",
+            "page": "/a/b",
+            "views": 5,
+        },
+    }
+    assert get(serve.url + "/v1/visits?key=u2//a/b").json()["row"]["views"] == 1
+    missing = get(serve.url + "/v1/visits/u3//a/b")
+    assert missing.status == 404 and "u3//a/b" in missing.json()["error"]
+    assert get(serve.url + "/v1/nosuch/u1").status == 404
+    assert get(serve.url + "/v1/visits").status == 400  # no key
+
+
+def test_top_is_the_newest_closed_window(live: LiveRows, serve: ServeProcess) -> None:
+    assert get(serve.url + "/v1/trending/top").status == 404  # nothing closed yet
+    live.trending(0, {"/a": 5, "/b": 7, "/c": 1, "/d": 6})
+    live.trending(1, {"/a": 9}, close=False)  # open: not shown
+
+    answer = get(serve.url + "/v1/trending/top")
+    assert answer.status == 200, answer
+    assert answer.json() == {
+        "table": "trending",
+        "window_start": "1970-01-01T00:00:00.000Z",
+        "window_end": "1970-01-01T00:01:00.000Z",
+        "by": "views",
+        "top": [{"key": "/b", "views": 7}, {"key": "/d", "views": 6}, {"key": "/a", "views": 5}],
+    }
+    assert [t["key"] for t in get(serve.url + "/v1/trending/top?limit=2").json()["top"]] == [
+        "/b",
+        "/d",
+    ]
+    for bad in ("0", "1001", "x", "-1"):
+        assert get(serve.url + f"/v1/trending/top?limit={bad}").status == 400
+    assert get(serve.url + "/v1/visits/top").status == 404  # no top_by
+    # A page named "top" is still a key: /v1/{table}?key=top
+    assert get(serve.url + "/v1/trending?key=top").status == 404
+
+
+def test_history_is_refused_with_an_embedded_store(serve: ServeProcess) -> None:
+    answer = get(serve.url + "/v1/visits/history/u1//a?since=2026-01-01T00:00:00Z")
+    assert answer.status == 503
+    assert answer.json()["error"].startswith("history needs a ClickHouse server")
+    assert get(serve.url + "/v1/visits/history/u1?since=yesterday").status == 400
+
+
+# --- streams ------------------------------------------------------------------------------
+
+
+def test_sse_resumes_after_a_dropped_connection_without_gap_or_duplicate(
+    live: LiveRows, serve: ServeProcess
+) -> None:
+    for i in range(5):
+        live.visit(0, f"u{i}", "/p", views=i + 1)
+    stream_url = serve.url + "/v1/visits/stream"
+
+    with SseClient(stream_url, last_event_id="0") as first:  # from the start
+        assert first.status == 200 and first.headers["content-type"] == "text/event-stream"
+        got = first.read(3)
+    # Dropped after three; five more written while it is away.
+    for i in range(5, 10):
+        live.visit(0, f"u{i}", "/p", views=i + 1)
+
+    assert got[-1].id is not None
+    with SseClient(stream_url, last_event_id=got[-1].id) as resumed:
+        got += resumed.read(7)  # the missed ones (catch-up)
+        writer = threading.Thread(
+            target=lambda: [live.visit(1, f"u{i}", "/q", views=i + 1) for i in range(4)]
+        )
+        writer.start()
+        got += resumed.read(4)  # then live
+        writer.join()
+    assert len(got) == 14
+    assert_exactly_the_stream(live, "visits", got)
+
+
+def test_a_client_without_last_event_id_gets_what_comes_next(
+    live: LiveRows, serve: ServeProcess
+) -> None:
+    live.visit(0, "old", "/p", views=1)
+    with SseClient(serve.url + "/v1/visits/stream") as client:
+        time.sleep(0.3)  # connected (the server's first comment is sent at once)
+        live.visit(0, "new", "/p", views=2)
+        (event,) = client.read(1)
+    assert event.event == "row" and event.data["key"] == "new//p"
+    assert event.id == live.stream("visits")[-1][0]
+
+
+def test_a_trimmed_stream_announces_the_gap_first(redis_url: str) -> None:
+    live = LiveRows(redis_url, stream_length=10)  # MAXLEN ~ 10: trimmed by whole nodes
+    try:
+        live.visit(0, "u0", "/p", views=1)
+        gone = live.stream("visits")[0][0]
+        for i in range(1, 400):
+            live.visit(0, f"u{i}", "/p", views=1)
+        stream = live.stream("visits")
+        first = stream[0][0]
+        assert first != gone, "the stream was not trimmed"
+        with start_serve(redis_url) as serve:
+            with SseClient(serve.url + "/v1/visits/stream", last_event_id=gone) as client:
+                got = client.read(1 + len(stream))
+            with SseClient(serve.url + "/v1/visits/stream", last_event_id=first) as client:
+                kept = client.read(1)
+    finally:
+        live.close()
+    assert (got[0].event, got[0].id, got[0].data) == ("gap", None, {"after": gone, "first": first})
+    assert_exactly_the_stream(live, "visits", got[1:])
+    assert kept[0].event == "row" and kept[0].id == stream[1][0]  # no gap: nothing lost
+
+
+def test_websocket_resumes_without_gap_or_duplicate(live: LiveRows, serve: ServeProcess) -> None:
+    for i in range(4):
+        live.visit(0, f"u{i}", "/p", views=i + 1)
+
+    async def frames(last: str | None, count: int, more: int = 0) -> list[dict[str, Any]]:
+        ws_url = serve.url.replace("http", "ws") + "/v1/visits/ws"
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+            await ws.send_str(orjson.dumps({"last_event_id": last}).decode())
+            got = [await ws.receive_json(timeout=10) for _ in range(count)]
+            if more:
+                await asyncio.to_thread(
+                    lambda: [live.visit(2, f"w{i}", "/r", views=1) for i in range(more)]
+                )
+                got += [await ws.receive_json(timeout=10) for _ in range(more)]
+            return got
+
+    got = asyncio.run(frames("0", 2))
+    for i in range(4, 8):
+        live.visit(0, f"u{i}", "/p", views=i + 1)
+    got += asyncio.run(frames(got[-1]["id"], 6, more=3))
+    stream = live.stream("visits")
+    assert [frame["id"] for frame in got] == [entry_id for entry_id, _ in stream]
+    for frame, (_, fields) in zip(got, stream, strict=True):
+        assert (frame["event"], frame["data"]) == rendered(live, "visits", fields)
+
+
+def test_top_events_stream_as_windows_close(live: LiveRows, serve: ServeProcess) -> None:
+    with SseClient(serve.url + "/v1/trending/stream", last_event_id="0") as client:
+        live.trending(0, {"/a": 2, "/b": 3})
+        live.trending(1, {"/c": 4})
+        got = client.read(2)
+    assert [event.event for event in got] == ["top", "top"]
+    assert got[0].data["top"] == [{"key": "/b", "views": 3}, {"key": "/a", "views": 2}]
+    assert_exactly_the_stream(live, "trending", got)
+
+
+# --- limits, tokens, CORS, metrics ------------------------------------------------------------
+
+
+def test_streams_beyond_serve_max_streams_are_refused(redis_url: str) -> None:
+    with start_serve(redis_url, env={"SERVE_MAX_STREAMS": "2"}) as serve:
+        url = serve.url + "/v1/visits/stream"
+        with SseClient(url) as one, SseClient(url) as two:
+            assert (one.status, two.status) == (200, 200)
+            third = SseClient(url)
+            assert third.status == 503 and third.headers["retry-after"] == "5"
+            third.close()
+            one.close()
+            deadline = time.monotonic() + 20  # the server sees the close at its next write
+            while True:
+                again = SseClient(url, timeout_s=5)
+                if again.status == 200 or time.monotonic() > deadline:
+                    break
+                again.close()
+                time.sleep(0.2)
+            assert again.status == 200
+            again.close()
+        assert re.search(
+            r'waxhouse_serve_requests_total\{route="/v1/\{table\}/stream",status="503"\} [1-9]',
+            get(serve.url + "/metrics").body.decode(),
+        )
+
+
+def test_tokens_cors_metrics_and_no_secret_in_metrics_or_log() -> None:
+    token, password = "tok-" + "s3cr3t" * 3, "pw-" + "hidden" * 3
+    with RedisServer(password=password) as redis_server:
+        redis_server.start()
+        url = redis_server.database()
+        live = LiveRows(url)
+        live.visit(0, "u1", "/p", views=2)
+        live.trending(0, {"/p": 2})
+        env = {"SERVE_TOKENS": token, "SERVE_CORS_ORIGINS": "http://shop.example"}
+        with start_serve(url, env=env) as serve:
+            base = serve.url
+            assert get(base + "/v1/visits/u1//p").status == 401
+            assert get(base + "/v1/visits/u1//p", Authorization="Bearer nope").status == 401
+            answer = get(
+                base + "/v1/visits/u1//p",
+                Authorization=f"Bearer {token}",
+                Origin="http://shop.example",
+            )
+            assert answer.status == 200
+            assert answer.headers["access-control-allow-origin"] == "http://shop.example"
+            other = get(
+                base + "/v1/visits/u1//p", Authorization=f"Bearer {token}", Origin="http://x.test"
+            )
+            assert "access-control-allow-origin" not in other.headers
+            preflight = request(
+                "OPTIONS",
+                base + "/v1/visits/stream",
+                headers={"Origin": "http://shop.example", "Access-Control-Request-Method": "GET"},
+            )
+            assert preflight.status == 204
+            assert "Last-Event-ID" in preflight.headers["access-control-allow-headers"]
+            # EventSource cannot send headers: ?token= on streams.
+            assert SseClient(base + "/v1/visits/stream").status == 401
+            with SseClient(
+                f"{base}/v1/trending/stream?token={token}",
+                last_event_id="0",
+                headers={"Origin": "http://shop.example"},
+            ) as client:
+                assert client.headers["access-control-allow-origin"] == "http://shop.example"
+                live.trending(1, {"/q": 1})  # read live by the server: its push delay counts
+                tops = client.read(2)
+            assert [top.event for top in tops] == ["top", "top"]
+            scraped = get(base + "/metrics").body.decode()
+        log = serve.output()
+        live.close()
+    assert token not in scraped and password not in scraped
+    assert token not in log and password not in log
+    assert "redis://:***@127.0.0.1" in log  # the URL is logged, masked
+    for line in (
+        'waxhouse_serve_requests_total{route="/v1/{table}/{key}",status="200"} 2.0',
+        'waxhouse_serve_requests_total{route="/v1/{table}/{key}",status="401"} 2.0',
+        'waxhouse_serve_stream_events_total{table="trending"} 2.0',
+        'waxhouse_serve_streams{transport="sse"}',
+        "waxhouse_serve_redis_up 1.0",
+        'waxhouse_serve_request_seconds_count{route="/v1/{table}/{key}"}',
+    ):
+        assert line in scraped, line
+    # Window [60, 120 s) closed in 1970: read decades later, past every finite bucket.
+    assert 'waxhouse_serve_push_delay_seconds_bucket{le="+Inf",table="trending"} 1.0' in scraped
+    assert 'waxhouse_serve_push_delay_seconds_bucket{le="60.0",table="trending"} 0.0' in scraped
+
+
+def test_serve_stops_on_sigterm_and_ends_its_streams(redis_url: str) -> None:
+    serve = start_serve(redis_url)
+    client = SseClient(serve.url + "/v1/visits/stream")
+    assert client.status == 200
+    assert serve.stop() == 0
+    with pytest.raises((EOFError, OSError)):
+        client.read(1)
+    client.close()

@@ -1,0 +1,294 @@
+"""Run `waxhouse serve` as users do, and write the rows it serves: a test pipeline whose
+live tables cover each case, a writer that puts rows in Redis as a flow does (the lead's
+`RedisWriter`), and a small Server-Sent Events client.
+
+    live = LiveRows(redis_url)                 # the tables of `pipeline` below, in Redis
+    live.visit(0, "u1", "/a/b", views=3)       # a final row of `visits` (and its event)
+    live.trending(0, {"/a": 5, "/b": 7})       # rows of `trending`, then the window closes
+    with start_serve(redis_url) as serve:
+        request("GET", serve.url + "/v1/visits/u1//a/b")
+        with SseClient(serve.url + "/v1/visits/stream", last_event_id="0") as sse:
+            sse.read(3)
+
+`pipeline` (name `servetest`) declares, on the clickstream's events:
+- `visits`, keyed by (user_id, page): a composite key whose last value holds `/`; one row
+  event per final row.
+- `trending`, keyed by page, top 3 by views: one top event per closed window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import redis
+
+from dataflows.clickstream import events
+from tests.support.flow import REPO, flow_env
+from tests.support.gateway import http_status
+from tests.support.scrape import free_port
+from waxhouse import Pipeline, Table, agg, windows
+from waxhouse.connectors.redis_store import RedisWriter
+from waxhouse.livetables import LiveTable, live_tables
+from waxhouse.rows import RowBatch
+
+START_TIMEOUT_S = 60.0
+WINDOW_MS = 60_000
+LATENESS_MS = 10_000  # ALLOWED_LATENESS_SECONDS' default, as serve compiles it
+
+pipeline = Pipeline(
+    "servetest",
+    events,
+    key="user_id",
+    tables=[
+        Table(
+            "visits",
+            key=("user_id", "page"),
+            window=windows.tumbling(WINDOW_MS / 1000),
+            aggregates={"views": agg.count(where={"type": "page_view"})},
+            live=windows.live(),
+        ),
+        Table(
+            "trending",
+            key="page",
+            window=windows.tumbling(WINDOW_MS / 1000),
+            aggregates={"views": agg.count(where={"type": "page_view"})},
+            live=windows.live(top_by="views", top=3),
+        ),
+    ],
+)
+PIPELINE_SPEC = "tests.support.serve:pipeline"
+
+
+def tables() -> dict[str, LiveTable]:
+    return live_tables(pipeline.compile(LATENESS_MS))
+
+
+class LiveRows:
+    """Writes `pipeline`'s rows into Redis through the flow's writer."""
+
+    def __init__(self, url: str, *, stream_length: int = 10_000) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.tables = tables()
+        self.writer = RedisWriter(
+            self.client, "servetest", self.tables, stream_length=stream_length
+        )
+        self.versions: dict[tuple[Any, ...], int] = {}
+
+    def row(self, table: str, **values: Any) -> tuple[Any, ...]:
+        """A physical row of `table`: `values` by column, 0 for the rest."""
+        columns = self.tables[table].compiled.columns
+        return tuple(values.get(name, 0) for name in columns)
+
+    def visit(self, window: int, user: str, page: str, views: int, version: int = 0) -> None:
+        """The final row of (user, page) in window number `window`."""
+        start = window * WINDOW_MS
+        row = self.row(
+            "visits",
+            window_start=start,
+            window_end=start + WINDOW_MS,
+            user_id=user,
+            page=page,
+            views=views,
+            version=version or views,
+        )
+        batch = RowBatch()
+        batch.rows("visits").append(row)
+        self.writer.write(batch)
+
+    def trending(self, window: int, views: Mapping[str, int], *, close: bool = True) -> None:
+        """Each page's final row of `trending` in window `window` (one source partition);
+        with `close`, the partition's watermark passes the window's close."""
+        start = window * WINDOW_MS
+        batch = RowBatch()
+        for page, count in views.items():
+            batch.rows("trending").append(
+                self.row(
+                    "trending",
+                    window_start=start,
+                    window_end=start + WINDOW_MS,
+                    page=page,
+                    part="0",
+                    views=count,
+                    version=count,
+                )
+            )
+        if close:
+            batch.marks["0"] = start + WINDOW_MS + LATENESS_MS + 1  # past its close
+        self.writer.write(batch)
+
+    def stream(self, table: str) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Every entry of `table`'s stream (XRANGE), ids as text."""
+        return [
+            (entry_id.decode(), fields)
+            for entry_id, fields in self.client.xrange(f"wh:servetest:{table}:s")
+        ]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# --- the process ------------------------------------------------------------------------
+
+
+class ServeProcess:
+    """A running `waxhouse serve` (`start_serve`); its output goes to `log_path`."""
+
+    def __init__(self, env: Mapping[str, str], args: Sequence[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = flow_env({})
+        base.update({"SERVE_LISTEN": f"127.0.0.1:{self.port}", "PYTHONUNBUFFERED": "1"})
+        base.update(env)
+        self.env = base
+        self.command = [sys.executable, "-m", "waxhouse.cli", "serve", *args]
+        handle, name = tempfile.mkstemp(prefix="waxhouse-serve-", suffix=".log")
+        os.close(handle)
+        self.log_path = Path(name)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready: bool = True) -> ServeProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        paths = ["/healthz", "/readyz"] if ready else ["/healthz"]
+        while paths:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited at start:\n{self.output()[-3000:]}")
+            if http_status(self.url + paths[0], timeout_s=1.0) == 200:
+                paths.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise AssertionError(f"serve did not answer {paths[0]}:\n{self.output()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            raise AssertionError(f"serve did not stop within {timeout_s} s") from None
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(AssertionError):
+            self.stop()
+
+
+def start_serve(
+    redis_url: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = ("--flow", "none", "--pipeline", PIPELINE_SPEC),
+    ready: bool = True,
+) -> ServeProcess:
+    """`waxhouse serve [args]` on `redis_url` and a free port, once healthy (and ready)."""
+    return ServeProcess({"REDIS_URL": redis_url, **(env or {})}, args).start(ready)
+
+
+# --- a Server-Sent Events client -----------------------------------------------------------
+
+
+class SseEvent:
+    """One event: `id` (None if it had none), `event`, `data` (parsed JSON)."""
+
+    def __init__(self, event_id: str | None, event: str, data: str) -> None:
+        self.id = event_id
+        self.event = event
+        self.data: Any = orjson.loads(data)
+
+    def __repr__(self) -> str:
+        return f"SseEvent({self.id!r}, {self.event!r})"
+
+
+class SseClient:
+    """A `GET` of an event stream read line by line (`read(n)`); `close()` drops it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        last_event_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        parts = urlsplit(url)
+        self.connection = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s
+        )
+        sent = {"Accept": "text/event-stream", **(headers or {})}
+        if last_event_id is not None:
+            sent["Last-Event-ID"] = last_event_id
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.connection.request("GET", path, headers=sent)
+        self.response = self.connection.getresponse()
+        self.status = self.response.status
+        self.headers = {k.lower(): v for k, v in self.response.getheaders()}
+        self.comments: list[str] = []
+
+    def read(self, count: int) -> list[SseEvent]:
+        """The next `count` events (raises on timeout or end of stream)."""
+        got: list[SseEvent] = []
+        fields: dict[str, str] = {}
+        while len(got) < count:
+            line = self.response.readline()
+            if not line:
+                raise EOFError(f"the stream ended after {len(got)} of {count} events")
+            text = line.decode().rstrip("\n")
+            if not text:
+                if "data" in fields:
+                    got.append(
+                        SseEvent(fields.get("id"), fields.get("event", "message"), fields["data"])
+                    )
+                fields = {}
+            elif text.startswith(":"):
+                self.comments.append(text[1:].strip())
+            else:
+                name, _, value = text.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
+        return got
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> SseClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
