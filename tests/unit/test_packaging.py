@@ -60,6 +60,12 @@ LAYERS: dict[str, int] = {
     "waxhouse.gateway.server": ASSEMBLY,
     # Live results: the server over any reader, and the flow's own in-process store.
     "waxhouse.serve.embedded": ASSEMBLY,
+    "waxhouse.serve.metrics": CORE,
+    "waxhouse.serve": ASSEMBLY,
+    "waxhouse.serve.store": ASSEMBLY,
+    "waxhouse.serve.history": ASSEMBLY,
+    "waxhouse.serve.fanout": ASSEMBLY,
+    "waxhouse.serve.server": ASSEMBLY,
     "waxhouse.cli": TOP,
     # The package itself is the public facade: the core's names, and `flow` on first use.
     "waxhouse": TOP,
