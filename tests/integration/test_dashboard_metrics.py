@@ -32,6 +32,7 @@ from tests.support.gateway import start_gateway
 from tests.support.kafka_broker import TopicFactory
 from tests.support.produce import produce_records
 from tests.support.scrape import free_port, sample_total, scrape
+from tests.support.serve import LiveRows, SseClient, start_serve
 from waxhouse.connectors.generator import GeneratedRecord
 from waxhouse.monitoring import REPO, exposition_types, promql_metric_names, served_family
 
@@ -66,14 +67,28 @@ DASHBOARD_METRICS = {
     "waxhouse_gateway_in_flight",  # in flight,
     "waxhouse_gateway_websockets",  # WebSockets,
     "waxhouse_gateway_kafka_ready",  # and which processes reach Kafka
+    "waxhouse_redis_rows_total",  # live tables: rows to Redis by result,
+    "waxhouse_redis_write_seconds",  # write latency (histogram),
+    "waxhouse_redis_up",  # reachability
+    "waxhouse_redis_errors_total",  # and failed attempts;
+    "waxhouse_serve_requests_total",  # serve: requests by status,
+    "waxhouse_serve_request_seconds",  # their latency (histogram),
+    "waxhouse_serve_streams",  # open streams,
+    "waxhouse_serve_push_delay_seconds",  # window close to push (histogram),
+    "waxhouse_serve_stream_events_total",  # events sent
+    "waxhouse_serve_redis_up",  # and Redis as serve sees it
 }
 HISTOGRAMS = {
     "waxhouse_window_freshness_seconds",
     "waxhouse_sink_batch_seconds",
     "waxhouse_gateway_ack_seconds",
+    "waxhouse_redis_write_seconds",
+    "waxhouse_serve_request_seconds",
+    "waxhouse_serve_push_delay_seconds",
 }
-# The gateway's families are served by `waxhouse gateway`'s own /metrics, not the flow's.
+# The gateway's and serve's families are served by their own /metrics, not the flow's.
 GATEWAY_PREFIX = "waxhouse_gateway_"
+SERVE_PREFIX = "waxhouse_serve_"
 # Counters whose series appear only once something fails: the family must be served.
 FAILURE_ONLY = {"waxhouse_sink_errors_total", "waxhouse_sink_retries_total"}
 # Families with samples only in a flow with a join or notices (the sensors flow); this
@@ -233,10 +248,14 @@ def unserved(text: str, queried: set[str]) -> tuple[set[str], set[str]]:
 
 
 def test_every_panel_metric_is_served_by_a_running_flow_and_the_sql_answers(
-    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+    kafka_bootstrap: str, topic_factory: TopicFactory, redis_url: str, tmp_path: Path
 ) -> None:
     board = dashboard()
-    queried = {n: t for n, t in queried_metrics(board).items() if not n.startswith(GATEWAY_PREFIX)}
+    queried = {
+        n: t
+        for n, t in queried_metrics(board).items()
+        if not n.startswith((GATEWAY_PREFIX, SERVE_PREFIX))
+    }
     topic = topic_factory(2, prefix="dash")
     input_records, on_time = records(int(time.time() * 1000))
     positions = produce_records(kafka_bootstrap, topic, input_records)
@@ -255,6 +274,7 @@ def test_every_panel_metric_is_served_by_a_running_flow_and_the_sql_answers(
             "KAFKA_TOPIC": topic,
             "KAFKA_DLQ_TOPIC": topic_factory(1, prefix="dash-dlq"),
             "CLICKHOUSE_URL": url,
+            "REDIS_URL": redis_url,  # its live tables too
             "WINDOW_SECONDS": str(WINDOW_MS // 1000),
             "ALLOWED_LATENESS_SECONDS": "1",
             "SESSION_GAP_SECONDS": "1",
@@ -273,12 +293,16 @@ def test_every_panel_metric_is_served_by_a_running_flow_and_the_sql_answers(
             if text is not None:
                 no_family, no_samples = unserved(text, set(queried))
                 written = sample_total(text, "waxhouse_sink_rows_total", table="page_stats")
-                if not no_family and not no_samples and written >= len(page_rows):
+                live = sample_total(
+                    text, "waxhouse_redis_rows_total", table="page_stats", result="written"
+                )
+                done = written >= len(page_rows) and live >= len(page_rows)
+                if not no_family and not no_samples and done:
                     break
                 status = (
                     f"queried but not served: {sorted(no_family)}; served without samples: "
                     f"{sorted(no_samples)}; page_stats rows written: {written:.0f} of "
-                    f"{len(page_rows)}"
+                    f"{len(page_rows)}, to Redis {live:.0f}"
                 )
             assert time.monotonic() < deadline, f"{status}\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
@@ -352,3 +376,35 @@ def test_every_gateway_panel_metric_is_served_by_a_running_gateway(
     assert sample_total(text, "waxhouse_gateway_in_flight", path="/v1/events") == 0
     assert sample_total(text, "waxhouse_gateway_websockets") == 0
     assert token not in text and token not in log, "a token in the metrics or the log"
+
+
+def test_every_serve_panel_metric_is_served_by_a_running_serve(
+    redis_url: str, tmp_path: Path
+) -> None:
+    queried = {n for n in queried_metrics(dashboard()) if n.startswith(SERVE_PREFIX)}
+    assert queried, "the dashboard has no serve panels"
+    live = LiveRows(redis_url)
+    try:
+        with start_serve(redis_url, env={"SERVE_TOKENS": "dash-serve-token"}) as serve:
+            headers = {"Authorization": "Bearer dash-serve-token"}
+            with SseClient(serve.url + "/v1/trending/stream", headers=headers) as sse:
+                live.trending(0, {"/a": 5, "/b": 7})  # a window closes: one top event
+                (event,) = sse.read(1)
+                assert event.event == "top"
+                assert [t["key"] for t in event.data["top"]] == ["/b", "/a"]
+                lookup = urllib.request.Request(serve.url + "/v1/trending/top", headers=headers)
+                with urllib.request.urlopen(lookup, timeout=10) as response:
+                    assert response.status == 200
+                with urllib.request.urlopen(serve.url + "/metrics", timeout=10) as response:
+                    text = response.read().decode()
+            log = serve.output()
+    finally:
+        live.close()
+    no_family, no_samples = unserved(text, queried)
+    assert not no_family, f"queried but not served by serve: {sorted(no_family)}"
+    assert not no_samples, f"served by serve without samples: {sorted(no_samples)}"
+    assert sample_total(text, "waxhouse_serve_streams", transport="sse") == 1
+    assert sample_total(text, "waxhouse_serve_stream_events_total", table="trending") == 1
+    assert sample_total(text, "waxhouse_serve_push_delay_seconds_count", table="trending") == 1
+    assert sample_total(text, "waxhouse_serve_redis_up") == 1
+    assert "dash-serve-token" not in text + log, "a token in the metrics or the log"
