@@ -314,3 +314,27 @@ def test_serve_stops_on_sigterm_and_ends_its_streams(redis_url: str) -> None:
     with pytest.raises((EOFError, OSError)):
         client.read(1)
     client.close()
+
+
+def test_start_in_thread_serves_in_process_and_stops(live: LiveRows, redis_url: str) -> None:
+    from waxhouse.serve.server import start_in_thread
+    from waxhouse.serve.store import RedisReader
+    from waxhouse.settings import ServeSettings
+
+    live.visit(0, "u1", "/p", views=4)
+    handle = start_in_thread(
+        live.tables, RedisReader(redis_url), ServeSettings(listen="127.0.0.1:0")
+    )
+    try:
+        base = f"http://{handle.address}"
+        assert get(base + "/v1/visits/u1//p").json()["row"]["views"] == 4
+        history = get(base + "/v1/visits/history/u1//p")
+        assert history.status == 503  # the flow holds the store
+        assert history.json()["error"].startswith("history needs a ClickHouse server")
+        with SseClient(base + "/v1/visits/stream", last_event_id="0") as client:
+            live.visit(0, "u2", "/p", views=1)
+            got = client.read(2)
+        assert_exactly_the_stream(live, "visits", got)
+    finally:
+        handle.stop()
+    assert not handle.thread.is_alive()

@@ -77,15 +77,25 @@ def tables() -> dict[str, LiveTable]:
 
 
 class LiveRows:
-    """Writes `pipeline`'s rows into Redis through the flow's writer."""
+    """Writes a pipeline's rows into Redis through the flow's writer (by default the
+    live tables of `pipeline` above; `of=` another pipeline's, such as the clickstream)."""
 
-    def __init__(self, url: str, *, stream_length: int = 10_000) -> None:
+    def __init__(
+        self, url: str, *, stream_length: int = 10_000, of: Pipeline | None = None
+    ) -> None:
         self.client = redis.Redis.from_url(url)
-        self.tables = tables()
-        self.writer = RedisWriter(
-            self.client, "servetest", self.tables, stream_length=stream_length
-        )
-        self.versions: dict[tuple[Any, ...], int] = {}
+        self.name = "servetest" if of is None else of.name
+        self.tables = tables() if of is None else live_tables(of.compile(LATENESS_MS))
+        self.writer = RedisWriter(self.client, self.name, self.tables, stream_length=stream_length)
+
+    def write(
+        self, table: str, rows: Sequence[Mapping[str, Any]], marks: Mapping[str, int]
+    ) -> None:
+        """Physical rows of `table` (by column, 0 for the rest), then watermarks by part."""
+        batch = RowBatch()
+        batch.rows(table).extend(self.row(table, **row) for row in rows)
+        batch.marks.update(marks)
+        self.writer.write(batch)
 
     def row(self, table: str, **values: Any) -> tuple[Any, ...]:
         """A physical row of `table`: `values` by column, 0 for the rest."""
@@ -133,7 +143,7 @@ class LiveRows:
         """Every entry of `table`'s stream (XRANGE), ids as text."""
         return [
             (entry_id.decode(), fields)
-            for entry_id, fields in self.client.xrange(f"wh:servetest:{table}:s")
+            for entry_id, fields in self.client.xrange(f"wh:{self.name}:{table}:s")
         ]
 
     def close(self) -> None:

@@ -43,7 +43,7 @@ from waxhouse.gateway.limits import CorsPolicy, Tokens, bearer
 from waxhouse.livetables import LiveTable
 from waxhouse.serve import metrics
 from waxhouse.serve.fanout import PAGE, Event, Feed, Subscriber, event_of
-from waxhouse.serve.history import History, HistoryUnavailable
+from waxhouse.serve.history import EMBEDDED, History, HistoryUnavailable
 from waxhouse.serve.store import LiveReader, parse_id
 from waxhouse.settings import ServeSettings, host_port
 
@@ -262,8 +262,8 @@ class LiveServer:
         since = parse_time(query["since"], "since") if "since" in query else None
         until = parse_time(query["until"], "until") if "until" in query else None
         limit = parse_limit(query.get("limit"), HISTORY_LIMIT)
-        if self.history is None:
-            raise Refused(404, "history is not served here")
+        if self.history is None:  # serving inside a flow, which holds the embedded store
+            raise Refused(503, EMBEDDED)
         try:
             rows = await self.history.rows(table, request.match_info["key"], since, until, limit)
         except HistoryUnavailable as e:
@@ -424,9 +424,7 @@ class LiveServer:
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=4096)
         await site.start()
-        server = site._server  # the bound port when SERVE_LISTEN asks for port 0
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        bound = runner.addresses[0][1] if runner.addresses else port  # port 0: the one taken
         return runner, f"{host}:{bound}"
 
     async def serve(self, ready: Callable[[str], None] | None = None) -> None:
