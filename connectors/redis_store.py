@@ -20,7 +20,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 import redis
@@ -49,6 +50,17 @@ TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.TryAgainError,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One script call of a write: what it writes, for which table, how many rows."""
+
+    kind: Literal["final", "provisional", "marks"]
+    table: str
+    script: Any  # redis.commands.core.Script
+    args: list[Any]
+    rows: int
 
 
 class RedisWriter:
@@ -100,17 +112,15 @@ class RedisWriter:
         if results is None:
             self._drop(calls)
             return
-        for (kind, table, _script, _args, n), result in zip(calls, results, strict=True):
-            if kind == "marks":
-                continue
-            written, refused = int(result[0]), int(result[1])
-            label = "written" if kind == "final" else "provisional"
-            REDIS_ROWS.labels(table, label).inc(written)
-            REDIS_ROWS.labels(table, "refused").inc(refused)
-            del n
+        for call, result in zip(calls, results, strict=True):
+            if call.kind != "marks":
+                written, refused = int(result[0]), int(result[1])
+                label = "written" if call.kind == "final" else "provisional"
+                REDIS_ROWS.labels(call.table, label).inc(written)
+                REDIS_ROWS.labels(call.table, "refused").inc(refused)
 
-    def _calls(self, batch: RowBatch) -> Iterable[tuple[str, str, Any, list[Any], int]]:
-        """(kind, table, script, args, rows) per script call, in the order they must run:
+    def _calls(self, batch: RowBatch) -> Iterable[_Call]:
+        """The script calls of `batch`, in the order they must run:
         final rows, provisional rows, then watermarks (which close windows whose rows
         came in the same batch)."""
         for name, rows in batch.tables.items():
@@ -142,7 +152,7 @@ class RedisWriter:
                         table.close_at(row) if table.windowed else 0,
                         table.span_end(row),
                     ]
-                yield "final", name, self._final, args, len(chunk)
+                yield _Call("final", name, self._final, args, len(chunk))
         for name, rows in batch.provisional.items():
             table = self._tables.get(name)
             if table is None or not rows:
@@ -161,16 +171,16 @@ class RedisWriter:
                         orjson.dumps(row),
                         table.span_end(row),
                     ]
-                yield "provisional", name, self._provisional, args, len(chunk)
+                yield _Call("provisional", name, self._provisional, args, len(chunk))
         if batch.marks and self._top:
             args = [self._marks, len(batch.marks)]
             for part, mark in batch.marks.items():
                 args += [part, mark]
             for table in self._top:
                 args += [table.namespace, table.live.top, self._stream_length]
-            yield "marks", "", self._watermarks, args, 0
+            yield _Call("marks", "", self._watermarks, args, 0)
 
-    def _send_with_retries(self, calls: Sequence[tuple[str, str, Any, list[Any], int]]) -> Any:
+    def _send_with_retries(self, calls: Sequence[_Call]) -> list[Any] | None:
         """The scripts' results, or None once the retry budget is spent (or on an error no
         retry mends)."""
         started = self._clock()
@@ -207,10 +217,10 @@ class RedisWriter:
                 )
                 return None
 
-    def _send(self, calls: Sequence[tuple[str, str, Any, list[Any], int]]) -> list[Any]:
+    def _send(self, calls: Sequence[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        for _kind, _table, script, args, _n in calls:
-            script(keys=[], args=args, client=pipe)
+        for call in calls:
+            call.script(keys=[], args=call.args, client=pipe)
         return pipe.execute()
 
     def _probe(self) -> bool:
@@ -230,10 +240,10 @@ class RedisWriter:
         REDIS_UP.set(1)
         return True
 
-    def _drop(self, calls: Sequence[tuple[str, str, Any, list[Any], int]]) -> None:
-        for kind, table, _script, _args, n in calls:
-            if kind != "marks":
-                REDIS_ROWS.labels(table, "dropped").inc(n)
+    def _drop(self, calls: Sequence[_Call]) -> None:
+        for call in calls:
+            if call.kind != "marks":
+                REDIS_ROWS.labels(call.table, "dropped").inc(call.rows)
 
 
 class _RedisPartition(StatefulSinkPartition[RowBatch, None]):
