@@ -21,12 +21,19 @@ import time
 from bench.common import bootstrap
 from tests.support.flow import REPO
 
-FULL: dict[str, list[str]] = {"compare": [], "latency": [], "memory": [], "gateway": []}
+FULL: dict[str, list[str]] = {
+    "compare": [],
+    "latency": [],
+    "memory": [],
+    "gateway": [],
+    "serving": [],
+}
 QUICK: dict[str, list[str]] = {
     "compare": ["--events", "200000", "--repeat", "1"],
     "latency": ["--seconds", "100", "--capacity-events", "60000"],
     "memory": ["--events", "100000"],
     "gateway": ["--rounds", "1", "--seconds", "4", "--warmup", "1"],
+    "serving": ["--rounds", "1", "--events", "30000", "--seconds", "4", "--sse-clients", "1000"],
 }
 
 
