@@ -21,7 +21,7 @@ REQUESTS = Counter(
 )
 REQUEST_SECONDS = Histogram(
     "waxhouse_serve_request_seconds",
-    "From a request read to its answer sent (streams: to their first byte)",
+    "From a request read to its answer (lookups, tops, history; not streams)",
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )

@@ -309,7 +309,7 @@ class LiveServer:
         with self._open(request, "sse"):
             sink = _SseSink(response)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await response.write(b": waxhouse\n\n")
+                await response.write(b": waxhouse\n\n")  # the client knows it is connected
                 await self._pump(table, last, sink)
         return response
 
@@ -338,7 +338,6 @@ class LiveServer:
     def _open(self, request: web.Request, transport: str) -> Any:
         label = _label(request)
         metrics.answered(label, 200).inc()
-        metrics.seconds(label).observe(0.0)
         gauge = metrics.streams(transport)
         gauge.inc()
         self.open_streams += 1
@@ -349,7 +348,9 @@ class LiveServer:
             gauge.dec()
 
     async def _pump(self, table: LiveTable, last: str | None, sink: Sink) -> None:
-        """Catch up after `last` (if given), then live: each event once, in id order."""
+        """Catch up after `last` (if given), then live: each event once, in id order.
+        Returns when the client is dropped (too slow, or shutting down) or the store
+        fails while catching up; the client resumes with its last id."""
         feed = self.feeds[table.name]
         subscriber = feed.subscribe()
         counted = metrics.events(table.name)
@@ -357,7 +358,13 @@ class LiveServer:
             await feed.started.wait()
             sent = None if last is None else parse_id(last)
             if last is not None:
-                sent = await self._catch_up(table, last, subscriber, sink, counted)
+                try:
+                    sent = await self._catch_up(table, last, subscriber, sink, counted)
+                except (ConnectionError, RuntimeError):
+                    raise  # the client went away
+                except Exception as e:  # the store's errors: which ones depends on the store
+                    logger.warning("catching a stream up failed: %r", type(e))
+                    return
             await self._follow(subscriber, sink, sent, counted)
         finally:
             feed.unsubscribe(subscriber)
@@ -388,7 +395,8 @@ class LiveServer:
         queue = subscriber.queue
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                async with asyncio.timeout(KEEPALIVE_S):  # no task per wait, as wait_for makes
+                    event = await queue.get()
             except TimeoutError:
                 await sink.keepalive()
                 continue
