@@ -60,17 +60,27 @@ def parse_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq) if sep else 0
 
 
-# One round trip each: the reads depend on each other, so a read-only script does both.
+# One round trip each: the reads depend on each other, so a script does them in Redis.
 NEWEST_ROWS = """
-local ns, kid, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local wids = redis.call('ZREVRANGE', ns .. ':k:' .. kid, 0, n - 1)
-local out = {}
-for _, wid in ipairs(wids) do
-  out[#out + 1] = wid
-  out[#out + 1] = redis.call('HGETALL', ns .. ':r:' .. wid .. ':' .. kid)
+local ns, kid, n, skip = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local wids = redis.call('ZREVRANGE', ns .. ':k:' .. kid, skip, skip + n - 1)
+for i, wid in ipairs(wids) do
+  local flat = redis.call('HGETALL', ns .. ':r:' .. wid .. ':' .. kid)
+  local rows = {}
+  for j = 1, #flat, 2 do
+    local kind = string.sub(flat[j], 1, 2)
+    if kind == 'p:' or kind == 'q:' then
+      rows[#rows + 1] = flat[j]
+      rows[#rows + 1] = flat[j + 1]
+    end
+  end
+  if #rows > 0 then return {skip + i, rows} end
 end
-return out
+return false
 """
+"""The rows (`p:`/`q:` fields) of the newest of `n` windows from `skip` that has any, and
+how many windows down it is; false if none."""
+
 
 CLOSED_TOP = """
 local ns, n = ARGV[1], tonumber(ARGV[2])
@@ -95,13 +105,15 @@ class RedisReader:
         self._top = self.client.register_script(CLOSED_TOP)
 
     async def newest_row(self, table: LiveTable, kid: str) -> dict[str, Any] | None:
-        found = await self._newest(args=[table.namespace, kid, NEWEST_WINDOWS])
-        for i in range(0, len(found), 2):
-            pairs = found[i + 1]
-            if pairs:
-                row = table.render_row(kid, dict(zip(pairs[::2], pairs[1::2], strict=True)))
-                if row is not None:
-                    return row
+        skip = 0
+        while skip < NEWEST_WINDOWS:
+            found = await self._newest(args=[table.namespace, kid, NEWEST_WINDOWS - skip, skip])
+            if not found:
+                return None
+            skip, pairs = int(found[0]), found[1]
+            row = table.render_row(kid, dict(zip(pairs[::2], pairs[1::2], strict=True)))
+            if row is not None:
+                return row  # else retracted: the window before it
         return None
 
     async def top(self, table: LiveTable, limit: int) -> dict[str, Any] | None:
