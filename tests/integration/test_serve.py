@@ -338,3 +338,26 @@ def test_start_in_thread_serves_in_process_and_stops(live: LiveRows, redis_url: 
     finally:
         handle.stop()
     assert not handle.thread.is_alive()
+
+
+def test_concurrent_lookups_each_get_their_own_row_and_survive_a_script_flush(
+    live: LiveRows, serve: ServeProcess
+) -> None:
+    users = [f"u{n}" for n in range(64)]
+    for n, user in enumerate(users):
+        live.visit(0, user, "/p", views=n + 1)
+
+    async def lookups() -> list[Any]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(user: str) -> Any:
+                async with session.get(f"{serve.url}/v1/visits/{user}//p") as response:
+                    return await response.json()
+
+            return await asyncio.gather(*(one(user) for user in users))
+
+    # Served in batches (one pipeline per turn of serve's event loop): each its own answer.
+    assert [answer["row"]["views"] for answer in asyncio.run(lookups())] == list(range(1, 65))
+    live.client.script_flush()  # as after a Redis restart: the scripts are loaded again
+    assert [answer["key"] for answer in asyncio.run(lookups())] == [f"{u}//p" for u in users]
+    assert get(serve.url + "/v1/trending/top").status == 404

@@ -10,14 +10,19 @@ to every client. Entry ids are Redis stream ids, `"<ms>-<seq>"`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from waxhouse.livetables import LiveTable
 
 __all__ = ["NEWEST_WINDOWS", "LiveReader", "RedisReader", "parse_id"]
+
+logger = logging.getLogger(__name__)
 
 NEWEST_WINDOWS = 3  # a key's newest windows tried, newest first, for a row to show
 WAIT_COUNT = 1000  # entries one blocking read returns at most
@@ -94,6 +99,57 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class _Batched:
+    """Script calls made in one turn of the event loop go to Redis as one pipeline: many
+    concurrent lookups cost one round trip (and one write and read of the socket)."""
+
+    def __init__(self, client: aioredis.Redis, scripts: list[str]) -> None:
+        self.client = client
+        self.scripts = [client.register_script(script) for script in scripts]
+        self._pending: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
+
+    async def call(self, script: str, args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((script, args, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        task.add_done_callback(_settled)
+
+    async def _send(self, batch: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._execute(batch)
+            if any(isinstance(r, NoScriptError) for r in results):
+                for script in self.scripts:  # Redis restarted or flushed its scripts
+                    await self.client.script_load(script.script)
+                results = await self._execute(batch)
+        except Exception as e:  # every caller gets the error (redis's, or a cancellation)
+            results = [e] * len(batch)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # the caller went away
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _execute(self, batch: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sha, args, _ in batch:
+                pipe.execute_command("EVALSHA", sha, 0, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a batch of reads failed: %r", task.exception())
+
+
 class RedisReader:
     """`LiveReader` over Redis (`redis.asyncio`); `url` is REDIS_URL. Connects lazily,
     on the running loop; `close()` releases the connections."""
@@ -101,13 +157,14 @@ class RedisReader:
     def __init__(self, url: str) -> None:
         # No socket timeout: a blocking XREAD waits longer than any sensible one.
         self.client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0)
-        self._newest = self.client.register_script(NEWEST_ROWS)
-        self._top = self.client.register_script(CLOSED_TOP)
+        self._batched = _Batched(self.client, [NEWEST_ROWS, CLOSED_TOP])
+        self._newest_sha, self._top_sha = (script.sha for script in self._batched.scripts)
 
     async def newest_row(self, table: LiveTable, kid: str) -> dict[str, Any] | None:
         skip = 0
         while skip < NEWEST_WINDOWS:
-            found = await self._newest(args=[table.namespace, kid, NEWEST_WINDOWS - skip, skip])
+            args = [table.namespace, kid, NEWEST_WINDOWS - skip, skip]
+            found = await self._batched.call(self._newest_sha, args)
             if not found:
                 return None
             skip, pairs = int(found[0]), found[1]
@@ -117,7 +174,7 @@ class RedisReader:
         return None
 
     async def top(self, table: LiveTable, limit: int) -> dict[str, Any] | None:
-        found = await self._top(args=[table.namespace, limit])
+        found = await self._batched.call(self._top_sha, [table.namespace, limit])
         if not found:
             return None
         wid, flat = _text(found[0]), found[1]
