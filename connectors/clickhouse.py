@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError
 
+from waxhouse.connectors.background import BackgroundWriter
 from waxhouse.connectors.clickhouse_store import (
     ClickHouseTarget,
     ensure_schema,
@@ -312,16 +312,10 @@ class _ClientThread:
 
 
 class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
-    """Writes on the client thread while the worker goes on, batching what piles up.
-
-    `write_batch` queues the rows and returns. The client thread writes whatever is queued
-    as one insert, then the next: while ClickHouse is quick, each batch is written as it
-    comes (fresh results); while it is busy, batches pile up and go in together (fewer,
-    larger inserts, which is what ClickHouse wants). Rows stay in order. With more than
-    `max_queued_rows` waiting, `write_batch` waits for the insert in flight, so a slow
-    ClickHouse holds the flow back. `snapshot()` and `close()` return only once every
-    row received is stored: an epoch is only committed once its rows are in ClickHouse,
-    which recovery relies on. A write that failed for good raises at the next call.
+    """Writes on the client thread while the worker goes on, batching what piles up
+    (`BackgroundWriter`). `snapshot()` and `close()` return only once every row received
+    is stored: an epoch is only committed once its rows are in ClickHouse, which recovery
+    relies on. A write that failed for good raises at the next call.
     """
 
     def __init__(
@@ -334,76 +328,22 @@ class _ClickHousePartition(StatefulSinkPartition[RowBatch, None]):
     ) -> None:
         self._thread = thread
         self._client = client
-        self._writer = writer
         self._on_close = on_close
-        self._max_queued_rows = max_queued_rows
-        self._lock = threading.Lock()
-        self._queued = RowBatch()
-        self._in_flight: Future[None] | None = None
-        self._failure: BaseException | None = None  # a write failed for good, not raised yet
-        self._broken = False  # a write failed for good: nothing more is written
+        self._writes = BackgroundWriter(writer.write, thread.submit, max_queued_rows)
 
     def write_batch(self, values: list[RowBatch]) -> None:
-        with self._lock:
-            self._raise_failure()
-            for value in values:
-                self._queued.extend(value)
-            backlog = len(self._queued) > self._max_queued_rows
-            in_flight = self._start_write()
-        if backlog and in_flight is not None:
-            in_flight.result()
-            with self._lock:
-                self._raise_failure()
+        self._writes.submit(values)
 
     def snapshot(self) -> None:
-        self._drain()
+        self._writes.drain()
         return None
 
     def close(self) -> None:
         try:
-            self._drain()
+            self._writes.drain()
             self._thread.call(self._close_client)
         finally:
             self._thread.close()
-
-    def _start_write(self) -> Future[None] | None:
-        """With the lock held: submit what is queued unless a write is in flight (or one
-        failed); returns the write in flight, if any."""
-        if self._in_flight is None and self._queued and not self._broken:
-            batch, self._queued = self._queued, RowBatch()
-            self._in_flight = self._thread.submit(lambda: self._write(batch))
-        return self._in_flight
-
-    def _write(self, batch: RowBatch) -> None:
-        """On the client thread: one insert per table, then start on what queued up.
-
-        A write that failed for good stops all writing; the failure is raised once, by
-        the next `write_batch`, `snapshot` or `close` (raising it again while Bytewax
-        shuts down would abort the process without a message)."""
-        try:
-            self._writer.write(batch)
-        except BaseException as e:
-            with self._lock:
-                self._in_flight, self._failure, self._broken = None, e, True
-            return
-        with self._lock:
-            self._in_flight = None
-            self._start_write()
-
-    def _raise_failure(self) -> None:
-        failure, self._failure = self._failure, None
-        if failure is not None:
-            raise failure
-
-    def _drain(self) -> None:
-        """Wait until every row received so far is stored; raise a failed write's error."""
-        while True:
-            with self._lock:
-                self._raise_failure()
-                in_flight = self._start_write()
-            if in_flight is None:
-                return
-            in_flight.result()
 
     def _close_client(self) -> None:
         try:

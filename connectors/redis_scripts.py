@@ -7,13 +7,13 @@ either written whole or not at all, and the replay that follows writes what is m
 - `WRITE_FINAL`: final rows, each a compare-and-set on its version: an equal or older
   version (a replay, a partial row) is refused and changes nothing, a stream entry
   included. ARGV: namespace, ttl ms, stream length, top ('1'/'0'), rows in the stream
-  ('1'/'0'), session spans ('1'/'0'), then per row: kid, wid, order, part, version, row
-  JSON, score, deleted ('1'/'0'), close time (window end + lateness, ms), session end.
-  Returns {written, refused}.
+  ('1'/'0'), session spans ('1'/'0'), then the rows as one JSON array (one argument is
+  cheap to send), each `[kid, wid, order, part, version, row JSON, score, deleted (0/1),
+  close time (window end + lateness, ms), session end]`. Returns {written, refused}.
 - `WRITE_PROVISIONAL`: open windows' and sessions' rows so far, where no final row of
-  that part exists and the version is newer. ARGV: namespace, ttl ms, session spans,
-  then per row: kid, wid, order, part, version, row JSON, session end. Returns
-  {written, refused}.
+  that part exists and the version is newer. ARGV: namespace, ttl ms, session spans
+  ('1'/'0'), then the rows as one JSON array, each `[kid, wid, order, part, version, row
+  JSON, session end]`. Returns {written, refused}.
 - `WATERMARKS`: source partitions' watermarks (each only moves forward); then, per table
   with a top, every window whose close time the smallest watermark has passed gets one
   `top` stream entry, once. ARGV: marks key, n, then n (part, watermark) pairs, then per
@@ -23,6 +23,15 @@ either written whole or not at all, and the replay that follows writes what is m
 from __future__ import annotations
 
 __all__ = ["WATERMARKS", "WRITE_FINAL", "WRITE_PROVISIONAL"]
+
+# A key's window index gained a window: it lives as long as its newest row, and keeps its
+# newest windows only (trimmed to 8 one time in 8, so at most 16: each trim costs a call).
+_INDEX_ADDED = """
+local function index_added(kkey, ttl)
+  redis.call('PEXPIRE', kkey, ttl)
+  if math.random(8) == 1 then redis.call('ZREMRANGEBYRANK', kkey, 0, -9) end
+end
+"""
 
 # Sessions: a provisional row of the key starting within the session just written
 # (from its start to `span_end`) is an earlier state of that session, whose start has
@@ -42,52 +51,51 @@ end
 """
 
 WRITE_FINAL = (
-    _FORGET_PROVISIONAL
+    _INDEX_ADDED
+    + _FORGET_PROVISIONAL
     + """
 local ns, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local top, stream_rows, spans = ARGV[4] == '1', ARGV[5] == '1', ARGV[6] == '1'
 local through = tonumber(redis.call('GET', ns .. ':through') or '-1')
 local written, refused = 0, 0
-for i = 7, #ARGV, 10 do
-  local kid, wid, order, part = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local version, row, score = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-  local deleted, close_at = ARGV[i + 7] == '1', tonumber(ARGV[i + 8])
-  local span_end = ARGV[i + 9]
+local windows = {}
+for _, r in ipairs(cjson.decode(ARGV[7])) do
+  local kid, wid, order, part, version, row = r[1], r[2], r[3], r[4], r[5], r[6]
   local rkey = ns .. ':r:' .. wid .. ':' .. kid
-  local held = redis.call('HGET', rkey, 'v:' .. part)
-  if held and tonumber(held) >= tonumber(version) then
+  local vf, sf, qf = 'v:' .. part, 's:' .. part, 'qv:' .. part
+  local held, before, provisional = unpack(redis.call('HMGET', rkey, vf, sf, qf))
+  if held and tonumber(held) >= version then
     refused = refused + 1
   else
-    local before = 0
     if top then
-      before = tonumber(redis.call('HGET', rkey, 's:' .. part) or '0')
-      redis.call('HSET', rkey, 's:' .. part, score)
+      redis.call('HSET', rkey, vf, version, 'p:' .. part, row, sf, r[7])
+    else
+      redis.call('HSET', rkey, vf, version, 'p:' .. part, row)
     end
-    redis.call('HSET', rkey, 'v:' .. part, version, 'p:' .. part, row)
-    redis.call('HDEL', rkey, 'q:' .. part, 'qv:' .. part)
+    if provisional then redis.call('HDEL', rkey, 'q:' .. part, qf) end
     redis.call('PEXPIRE', rkey, ttl)
     local kkey = ns .. ':k:' .. kid
-    if deleted then
+    if r[8] == 1 then
       redis.call('ZREM', kkey, wid)
-    else
-      redis.call('ZADD', kkey, order, wid)
-      redis.call('ZREMRANGEBYRANK', kkey, 0, -9)
+    elseif redis.call('ZADD', kkey, order, wid) == 1 then
+      index_added(kkey, ttl)
     end
-    if spans then forget_provisional(ns, kkey, kid, part, wid, order, span_end) end
-    redis.call('PEXPIRE', kkey, ttl)
+    if spans then forget_provisional(ns, kkey, kid, part, wid, order, r[10]) end
     if top then
-      local tkey = ns .. ':t:' .. wid
-      redis.call('ZINCRBY', tkey, tonumber(score) - before, kid)
-      redis.call('PEXPIRE', tkey, ttl)
-      if close_at >= through then
-        redis.call('ZADD', ns .. ':pending', 'NX', close_at, wid)
-      end
+      redis.call('ZINCRBY', ns .. ':t:' .. wid, r[7] - (tonumber(before) or 0), kid)
+      windows[wid] = r[9]
     end
-    if stream_rows and not deleted then
+    if stream_rows and r[8] == 0 then
       redis.call('XADD', ns .. ':s', 'MAXLEN', '~', maxlen, '*',
         'k', 'row', 'w', wid, 'i', kid, 'p', part, 'r', row)
     end
     written = written + 1
+  end
+end
+for wid, close_at in pairs(windows) do
+  redis.call('PEXPIRE', ns .. ':t:' .. wid, ttl)
+  if close_at >= through then
+    redis.call('ZADD', ns .. ':pending', 'NX', close_at, wid)
   end
 end
 return {written, refused}
@@ -95,25 +103,25 @@ return {written, refused}
 )
 
 WRITE_PROVISIONAL = (
-    _FORGET_PROVISIONAL
+    _INDEX_ADDED
+    + _FORGET_PROVISIONAL
     + """
 local ns, ttl, spans = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local written, refused = 0, 0
-for i = 4, #ARGV, 7 do
-  local kid, wid, order, part = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local version, row, span_end = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+for _, r in ipairs(cjson.decode(ARGV[4])) do
+  local kid, wid, order, part, version, row = r[1], r[2], r[3], r[4], r[5], r[6]
   local rkey = ns .. ':r:' .. wid .. ':' .. kid
   local final, held = unpack(redis.call('HMGET', rkey, 'v:' .. part, 'qv:' .. part))
-  if final or (held and tonumber(held) >= tonumber(version)) then
+  if final or (held and tonumber(held) >= version) then
     refused = refused + 1
   else
     redis.call('HSET', rkey, 'qv:' .. part, version, 'q:' .. part, row)
     redis.call('PEXPIRE', rkey, ttl)
     local kkey = ns .. ':k:' .. kid
-    redis.call('ZADD', kkey, order, wid)
-    redis.call('ZREMRANGEBYRANK', kkey, 0, -9)
-    if spans then forget_provisional(ns, kkey, kid, part, wid, order, span_end) end
-    redis.call('PEXPIRE', kkey, ttl)
+    if redis.call('ZADD', kkey, order, wid) == 1 then
+      index_added(kkey, ttl)
+    end
+    if spans then forget_provisional(ns, kkey, kid, part, wid, order, r[7]) end
     written = written + 1
   end
 end

@@ -1,9 +1,10 @@
 """Redis sink: live tables' rows, versioned, where applications read them in a millisecond.
 
 `RedisSink` writes the rows of every table declared `live` (`waxhouse.livetables` has the
-layout) through one partition, `"redis"`, as the ClickHouse sink does. Each batch is one
-pipelined round trip of Lua scripts (`redis_scripts`), each a compare-and-set on a row's
-version: a replay after a crash writes nothing twice and never moves a value back.
+layout) through one partition, `"redis"`, as the ClickHouse sink does, on a thread of its
+own. Each write is one pipelined round trip of Lua scripts (`redis_scripts`), each a
+compare-and-set on a row's version: a replay after a crash writes nothing twice and never
+moves a value back.
 
 Redis is a view of what ClickHouse keeps, not the record: while it is unreachable the
 sink retries with backoff for `REDIS_RETRY_SECONDS` (holding the flow back, so nothing is
@@ -20,6 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +29,7 @@ import orjson
 import redis
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from waxhouse.connectors.background import BackgroundWriter
 from waxhouse.connectors.metrics import REDIS_ERRORS, REDIS_ROWS, REDIS_UP, REDIS_WRITE_SECONDS
 from waxhouse.connectors.redis_scripts import WATERMARKS, WRITE_FINAL, WRITE_PROVISIONAL
 from waxhouse.livetables import LiveTable, marks_key
@@ -137,21 +140,8 @@ class RedisWriter:
             ]
             for start in range(0, len(rows), ROWS_PER_CALL):
                 chunk = rows[start : start + ROWS_PER_CALL]
-                args = list(head)
-                for row in chunk:
-                    row_id = table.identify(row)
-                    args += [
-                        row_id.kid,
-                        row_id.wid,
-                        row_id.order,
-                        row_id.part,
-                        row_id.version,
-                        orjson.dumps(row),
-                        table.score_of(row),
-                        "1" if row_id.deleted else "0",
-                        table.close_at(row) if table.windowed else 0,
-                        table.span_end(row),
-                    ]
+                entries = [_entry(table, row, final=True) for row in chunk]
+                args = [*head, orjson.dumps(entries)]
                 yield _Call("final", name, self._final, args, len(chunk))
         for name, rows in batch.provisional.items():
             table = self._tables.get(name)
@@ -159,18 +149,9 @@ class RedisWriter:
                 continue
             for start in range(0, len(rows), ROWS_PER_CALL):
                 chunk = rows[start : start + ROWS_PER_CALL]
-                args = [table.namespace, table.live.ttl_ms, "1" if table.sessions else "0"]
-                for row in chunk:
-                    row_id = table.identify(row)
-                    args += [
-                        row_id.kid,
-                        row_id.wid,
-                        row_id.order,
-                        row_id.part,
-                        row_id.version,
-                        orjson.dumps(row),
-                        table.span_end(row),
-                    ]
+                entries = [_entry(table, row, final=False) for row in chunk]
+                spans = "1" if table.sessions else "0"
+                args = [table.namespace, table.live.ttl_ms, spans, orjson.dumps(entries)]
                 yield _Call("provisional", name, self._provisional, args, len(chunk))
         if batch.marks and self._top:
             args = [self._marks, len(batch.marks)]
@@ -246,25 +227,52 @@ class RedisWriter:
                 REDIS_ROWS.labels(call.table, "dropped").inc(call.rows)
 
 
+def _entry(table: LiveTable, row: tuple, *, final: bool) -> tuple[Any, ...]:
+    """A row as the scripts take it (`redis_scripts`): a final row's entry, or a
+    provisional one's."""
+    ident = table.identify(row)
+    encoded = orjson.dumps(row).decode()
+    if not final:
+        return (ident.kid, ident.wid, ident.order, ident.part, ident.version, encoded,
+                table.span_end(row))  # fmt: skip
+    return (
+        ident.kid,
+        ident.wid,
+        ident.order,
+        ident.part,
+        ident.version,
+        encoded,
+        table.score_of(row),
+        1 if ident.deleted else 0,
+        table.close_at(row) if table.windowed else 0,
+        table.span_end(row),
+    )
+
+
 class _RedisPartition(StatefulSinkPartition[RowBatch, None]):
-    """Writes each batch as it comes: `write_batch` returns once Redis has it (or the
-    budget is spent), so an epoch is committed only after its live rows were written."""
+    """Writes on a thread of its own while the worker goes on (`BackgroundWriter`), so
+    Redis's work overlaps the flow's; `snapshot()` returns once every batch received is
+    written (or dropped past the budget), so an epoch is committed only after its live
+    rows are in Redis."""
 
     def __init__(self, client: redis.Redis, writer: RedisWriter) -> None:
         self._client = client
-        self._writer = writer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis")
+        self._writes = BackgroundWriter(writer.write, self._executor.submit)
 
     def write_batch(self, values: list[RowBatch]) -> None:
-        batch = RowBatch()
-        for value in values:
-            batch.extend(value)
-        self._writer.write(batch)
+        self._writes.submit(values)
 
     def snapshot(self) -> None:
+        self._writes.drain()
         return None
 
     def close(self) -> None:
-        self._client.close()
+        try:
+            self._writes.drain()
+        finally:
+            self._executor.shutdown(wait=True)
+            self._client.close()
 
 
 class RedisSink(FixedPartitionedSink[RowBatch, None]):

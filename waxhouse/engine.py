@@ -966,8 +966,10 @@ class WindowState(TableState):
         self.windows: dict[int, dict[Any, list]] = {}
         self.touched: set[int] = set()
         self._pickled: dict[int, bytes] = {}
-        # Windows touched since `open_rows` last ran (None: the table has no provisional rows).
+        # Windows touched since `open_rows` last ran (None: the table has no provisional
+        # rows), and per open window the versions of the rows it handed over.
         self.recent: set[int] | None = None
+        self.sent: dict[int, dict[Any, int]] = {}
 
     def bind(self, compiled: CompiledTable) -> None:
         super().bind(compiled)
@@ -990,6 +992,7 @@ class WindowState(TableState):
         self.windows = {start: pickle.loads(blob) for start, blob in data.items()}
         self.touched = set()
         self.recent = None
+        self.sent = {}
 
     def add_all(
         self, events: list[tuple], marks: list[int], late: list[int], out: list[tuple]
@@ -998,18 +1001,29 @@ class WindowState(TableState):
         if self.recent is not None:
             self.recent |= self.touched
 
-    def open_rows(self, out: list[tuple]) -> None:
-        """The rows so far of the open windows events touched since the last call (a
-        table with provisional rows: `windows.live(provisional=True)`)."""
+    def open_rows(self, out: list[tuple], horizon: int) -> None:
+        """The rows so far that changed since the last call, of the open windows events
+        touched, but not of those closing by `horizon` (a watermark): their final rows
+        come first (a table with provisional rows: `windows.live(provisional=True)`)."""
         recent = self.recent
         if not recent:
             return
-        rows = self.code.functions["rows"]
+        window = self.code.table.window
+        assert isinstance(window, (Tumbling, Sliding))
+        reach = window.size_ms + self.code.lateness_ms
+        rows, sent = self.code.functions["rows"], self.sent
         for start in sorted(recent):
             keys = self.windows.get(start)
-            if keys:
-                out.extend(rows(start, keys, self.part))
+            if not keys or start + reach <= horizon:
+                continue
+            seen = sent.setdefault(start, {})
+            changed = {k: a for k, a in keys.items() if seen.get(k) != a[0]}
+            if changed:
+                seen.update((k, a[0]) for k, a in changed.items())
+                out.extend(rows(start, changed, self.part))
         recent.clear()
+        for start in [start for start in sent if start not in self.windows]:
+            del sent[start]  # closed since
 
     def close(self, watermark: int, out: list[tuple]) -> None:
         window = self.code.table.window
@@ -1147,17 +1161,18 @@ class SessionState(KeyedState):
             dirty |= touched
             recent |= touched
 
-    def open_rows(self, out: list[tuple]) -> None:
+    def open_rows(self, out: list[tuple], horizon: int) -> None:
         """The rows so far of the open sessions of the keys events touched since the last
-        call (a table with provisional rows)."""
+        call, but not of those closing by `horizon` (a table with provisional rows)."""
         recent = self.recent
         if not recent:
             return
+        reach = self._gap + self.code.lateness_ms
         row, keys = self.code.functions["row"], self.keys
         for key in recent:
             state = keys.get(key)
             if state is not None:
-                out.extend(row(key, session) for session in state[_SESSIONS:])
+                out.extend(row(key, s) for s in state[_SESSIONS:] if s[1] + reach > horizon)
         recent.clear()
 
     def schedule(self, key: Any, state: list, deadline: int) -> None:
@@ -1433,13 +1448,15 @@ class PartitionState:
             self.watermark = max(self.watermark, self.max_event_ts + idle_ms)
         return self._close(RowBatch())
 
-    def provisional(self) -> dict[str, list[tuple]]:
-        """Per table with provisional rows, the rows so far of the open windows touched
-        since the last call."""
+    def provisional(self, horizon: int) -> dict[str, list[tuple]]:
+        """Per table with provisional rows, the rows so far that changed since the last
+        call, of the open windows and sessions that do not close by watermark `horizon`
+        (a refresh at the current pace would find them closed: their final rows come
+        first)."""
         out: dict[str, list[tuple]] = {}
         for state in self.tables:
             if isinstance(state, (WindowState, SessionState)) and state.recent:
-                state.open_rows(out.setdefault(state.table, []))
+                state.open_rows(out.setdefault(state.table, []), horizon)
         return out
 
     def flush(self) -> RowBatch:

@@ -51,7 +51,7 @@ def batches(seed: int, events: int) -> list[RowBatch]:
             events, _ = compiled.schema.parse_batch(batch)
             rows = states[part].process(events)
             if rng.random() < 0.3:
-                rows.provisional.update(states[part].provisional())
+                rows.provisional.update(states[part].provisional(states[part].watermark))
             rows.marks[part] = states[part].watermark
             out.append(rows)
     for part in PARTS:

@@ -160,11 +160,19 @@ def test_the_tables_step_hands_over_only_what_changed_since_it_last_did() -> Non
     parsed, dead = SHOP.parse_batch(events(("c1", "a", T), ("c2", "a", T + 1), ("c1", "b", T + 2)))
     assert not dead
     state.process(parsed)
-    first = state.provisional()
+    first = state.provisional(T)
     assert sorted(row[2] for row in first["sales"]) == ["a", "b"]
     assert sorted((row[0], row[3]) for row in first["visits"]) == [("c1", 2), ("c2", 1)]
-    assert state.provisional() == {}  # nothing new since
+    assert state.provisional(T) == {}  # nothing new since
     state.process(SHOP.parse_batch(events(("c2", "b", T + 3)))[0])
-    again = state.provisional()
+    again = state.provisional(T)
     assert [(row[0], row[3]) for row in again["visits"]] == [("c2", 2)]
-    assert sorted((row[2], row[4]) for row in again["sales"]) == [("a", 2), ("b", 2)]
+    assert [(row[2], row[4]) for row in again["sales"]] == [("b", 2)]  # only what changed
+    # A refresh that the next one, at this pace, would find closed hands nothing over:
+    # the window and the session close by then, and their final rows come first.
+    state.process(SHOP.parse_batch(events(("c1", "a", T + 4)))[0])
+    assert state.provisional(T + 60_004) == {"sales": [], "visits": []}
+    state.process(SHOP.parse_batch(events(("c1", "a", T + 5)))[0])
+    closing = state.provisional(T + 60_000)
+    assert closing["sales"] == []  # the window [T, T + 60 s) closes by then
+    assert [(row[0], row[2], row[3]) for row in closing["visits"]] == [("c1", T + 5, 4)]
