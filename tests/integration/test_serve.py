@@ -361,3 +361,34 @@ def test_concurrent_lookups_each_get_their_own_row_and_survive_a_script_flush(
     live.client.script_flush()  # as after a Redis restart: the scripts are loaded again
     assert [answer["key"] for answer in asyncio.run(lookups())] == [f"{u}//p" for u in users]
     assert get(serve.url + "/v1/trending/top").status == 404
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_resumes_without_gap(
+    live: LiveRows, serve: ServeProcess
+) -> None:
+    import socket
+
+    stalled = socket.create_connection(("127.0.0.1", serve.port))
+    stalled.sendall(b"GET /v1/visits/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    with SseClient(serve.url + "/v1/visits/stream") as reading:
+        time.sleep(0.3)  # both subscribed
+        got: list[SseEvent] = []
+        reader = threading.Thread(target=lambda: got.extend(reading.read(2000)))
+        reader.start()  # this one reads as events come: it gets every one
+        page = "/" + "x" * 2000  # 2 KB events: 4 MB, more than the kernel and 1 MiB hold
+        for n in range(2000):
+            live.visit(n // 200, f"u{n % 200}", page, views=1)
+        reader.join(60)
+    written = [entry_id for entry_id, _ in live.stream("visits")]
+    assert [event.id for event in got] == written
+    stalled.settimeout(20)
+    received = b""
+    while chunk := stalled.recv(1 << 16):  # what was sent before the cut, then EOF
+        received += chunk
+    stalled.close()
+    complete = re.findall(rb"id: (\S+)\nevent: row\ndata: [^\n]*\n\n", received)
+    assert 0 < len(complete) < 2000  # cut off
+    last = complete[-1].decode()
+    with SseClient(serve.url + "/v1/visits/stream", last_event_id=last) as resumed:
+        rest = resumed.read(2000 - len(complete))
+    assert [i.decode() for i in complete] + [event.id for event in rest] == written

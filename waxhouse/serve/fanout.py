@@ -4,7 +4,9 @@ A `Feed` follows a table's stream (`N:s`) with blocking reads from where it stoo
 started, renders each entry once as an `Event` (the SSE frame and the WebSocket frame
 ready to send), and offers it to every `Subscriber`. A subscriber's queue holds at most
 `QUEUE_LIMIT` events: a client that falls that far behind is dropped (it resumes with
-its last event id), so one slow reader never holds the others back or grows memory.
+its last event id), so one slow reader never holds the others back or grows memory. An
+SSE client that has caught up takes events `direct`: written to its connection by the
+feed itself, with no task woken per client (its connection's buffer bounded instead).
 
 A client that resumes subscribes first, then reads what it missed with `stream_after`,
 then takes its queue, skipping what it already sent: entries written meanwhile are in
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +46,7 @@ class Event:
     name: str  # row | top
     data: bytes  # JSON
     sse: bytes  # the Server-Sent Events frame
+    chunk: bytes  # the same as one chunk of a chunked HTTP/1.1 body
     ws: str  # the WebSocket text frame: {"id", "event", "data"}
 
 
@@ -50,7 +54,12 @@ def event_of(table: LiveTable, entry_id: str, fields: Any) -> Event:
     name, data = table.render_entry(fields)
     sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (entry_id.encode(), name.encode(), data)
     ws = b'{"id":%s,"event":"%s","data":%s}' % (orjson.dumps(entry_id), name.encode(), data)
-    return Event(entry_id, parse_id(entry_id), name, data, sse, ws.decode())
+    return Event(entry_id, parse_id(entry_id), name, data, sse, http_chunk(sse), ws.decode())
+
+
+def http_chunk(data: bytes) -> bytes:
+    """`data` framed as one chunk of a `Transfer-Encoding: chunked` body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def wid_of(fields: Any) -> str | None:
@@ -60,27 +69,36 @@ def wid_of(fields: Any) -> str | None:
 
 
 class Subscriber:
-    """One client's queue of events; None in it means: dropped, close the stream."""
+    """One client: its queue of events (None in it: dropped, close the stream), or, once
+    it has caught up, `direct`, which hands an event straight to its connection (False:
+    it could not, the client is too slow or gone). `closed` is done once dropped."""
 
-    __slots__ = ("dropped", "queue")
+    __slots__ = ("closed", "direct", "dropped", "queue")
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self.dropped = False
+        self.direct: Callable[[Event], bool] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def offer(self, event: Event) -> bool:
         if self.dropped:
             return False
-        if self.queue.qsize() >= QUEUE_LIMIT:
-            self.drop()
-            return False
-        self.queue.put_nowait(event)
-        return True
+        if self.direct is not None:
+            if self.direct(event):
+                return True
+        elif self.queue.qsize() < QUEUE_LIMIT:
+            self.queue.put_nowait(event)
+            return True
+        self.drop()
+        return False
 
     def drop(self) -> None:
         if not self.dropped:
             self.dropped = True
             self.queue.put_nowait(None)
+            if not self.closed.done():
+                self.closed.set_result(None)
 
 
 class Feed:
@@ -92,6 +110,7 @@ class Feed:
         self.subscribers: set[Subscriber] = set()
         self.cursor: str | None = None  # the last entry read (None: not started)
         self.started = asyncio.Event()
+        self.sent = metrics.events(table.name)
 
     def subscribe(self) -> Subscriber:
         subscriber = Subscriber()
@@ -139,9 +158,14 @@ class Feed:
             except (ValueError, KeyError, TypeError) as e:
                 logger.warning("%s: entry %s cannot be shown: %r", self.table.name, entry_id, e)
                 continue
+            direct = 0
             for subscriber in list(self.subscribers):
                 if not subscriber.offer(event):
                     self.subscribers.discard(subscriber)
+                elif subscriber.direct is not None:
+                    direct += 1
+            if direct:
+                self.sent.inc(direct)  # the queued ones count as their clients send them
 
     async def _tail(self) -> str:
         """The id of the stream's last entry now ("0-0" if empty): where reading starts."""

@@ -42,7 +42,7 @@ from waxhouse.fields import InvalidField, parse_rfc3339
 from waxhouse.gateway.limits import CorsPolicy, Tokens, bearer
 from waxhouse.livetables import LiveTable
 from waxhouse.serve import metrics
-from waxhouse.serve.fanout import PAGE, Event, Feed, Subscriber, event_of
+from waxhouse.serve.fanout import PAGE, Event, Feed, Subscriber, event_of, http_chunk
 from waxhouse.serve.history import EMBEDDED, History, HistoryUnavailable
 from waxhouse.serve.store import LiveReader, parse_id
 from waxhouse.settings import ServeSettings, host_port
@@ -305,12 +305,13 @@ class LiveServer:
                 **self.cors.headers(request.headers.get("Origin")),
             }
         )
+        response.enable_chunked_encoding()  # what the direct writes frame their events as
         await response.prepare(request)
         with self._open(request, "sse"):
             sink = _SseSink(response)
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await response.write(b": waxhouse\n\n")  # the client knows it is connected
-                await self._pump(table, last, sink)
+                await self._pump(table, last, sink, _DirectSse(request.transport))
         return response
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
@@ -347,7 +348,9 @@ class LiveServer:
             self.open_streams -= 1
             gauge.dec()
 
-    async def _pump(self, table: LiveTable, last: str | None, sink: Sink) -> None:
+    async def _pump(
+        self, table: LiveTable, last: str | None, sink: Sink, direct: _DirectSse | None = None
+    ) -> None:
         """Catch up after `last` (if given), then live: each event once, in id order.
         Returns when the client is dropped (too slow, or shutting down) or the store
         fails while catching up; the client resumes with its last id."""
@@ -365,7 +368,10 @@ class LiveServer:
                 except Exception as e:  # the store's errors: which ones depends on the store
                     logger.warning("catching a stream up failed: %r", type(e))
                     return
-            await self._follow(subscriber, sink, sent, counted)
+            if direct is None:
+                await self._follow(subscriber, sink, sent, counted)
+            else:
+                await self._follow_direct(subscriber, sink, sent, counted, direct)
         finally:
             feed.unsubscribe(subscriber)
 
@@ -407,6 +413,34 @@ class LiveServer:
             await sink.send(event)
             counted.inc()
             sent = event.order
+
+    async def _follow_direct(
+        self,
+        subscriber: Subscriber,
+        sink: Sink,
+        sent: tuple[int, int] | None,
+        counted: Any,
+        direct: _DirectSse,
+    ) -> None:
+        """Send what queued while catching up; then let the feed write each event to the
+        connection itself (`Subscriber.direct`), and only keep the connection alive here."""
+        queue = subscriber.queue
+        while not queue.empty():
+            event = queue.get_nowait()
+            if event is None or subscriber.dropped:
+                return
+            if sent is not None and event.order <= sent:
+                continue
+            await sink.send(event)
+            counted.inc()
+            sent = event.order
+        # Nothing awaited since the queue was found empty: no event can fall in between.
+        direct.sent = sent
+        subscriber.direct = direct
+        while not subscriber.dropped:
+            await asyncio.wait((subscriber.closed,), timeout=KEEPALIVE_S)
+            if not subscriber.dropped and not direct.keepalive():
+                subscriber.drop()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -466,6 +500,48 @@ class _SseSink:
 
     async def keepalive(self) -> None:
         await self.response.write(b": keepalive\n\n")
+
+
+DIRECT_BUFFER_BYTES = 1 << 20  # a direct client's unsent bytes before it is dropped
+KEEPALIVE_CHUNK = http_chunk(b": keepalive\n\n")
+
+
+class _DirectSse:
+    """Writes events to one SSE client's connection from the feed, in the HTTP chunks
+    its response is framed in; skips those it already sent (the catch-up may have read
+    past the feed). False when the connection is gone or holds too much unsent."""
+
+    __slots__ = ("sent", "transport")
+
+    def __init__(self, transport: asyncio.Transport | None) -> None:
+        self.transport = transport
+        self.sent: tuple[int, int] | None = None
+
+    def _writable(self) -> asyncio.Transport | None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return None
+        if transport.get_write_buffer_size() > DIRECT_BUFFER_BYTES:
+            transport.abort()  # too slow: cut it off now (it resumes), not after a drain
+            return None
+        return transport
+
+    def __call__(self, event: Event) -> bool:
+        if self.sent is not None and event.order <= self.sent:
+            return True
+        transport = self._writable()
+        if transport is None:
+            return False
+        transport.write(event.chunk)
+        self.sent = event.order
+        return True
+
+    def keepalive(self) -> bool:
+        transport = self._writable()
+        if transport is None:
+            return False
+        transport.write(KEEPALIVE_CHUNK)
+        return True
 
 
 class _WsSink:
