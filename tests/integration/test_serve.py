@@ -392,3 +392,31 @@ def test_a_client_that_stops_reading_is_cut_off_and_resumes_without_gap(
     with SseClient(serve.url + "/v1/visits/stream", last_event_id=last) as resumed:
         rest = resumed.read(2000 - len(complete))
     assert [i.decode() for i in complete] + [event.id for event in rest] == written
+
+
+def test_redis_down_answers_503_and_serve_recovers_when_it_is_back() -> None:
+    with RedisServer() as redis_server:
+        redis_server.start()
+        url = redis_server.database()
+        live = LiveRows(url)
+        live.visit(0, "u1", "/p", views=2)
+        with start_serve(url) as serve:
+            assert get(serve.url + "/v1/visits/u1//p").status == 200
+            redis_server.kill()
+            down = get(serve.url + "/v1/visits/u1//p")
+            assert (down.status, down.headers["retry-after"]) == (503, "1")
+            assert down.json() == {"error": "the live store is unreachable"}
+            assert get(serve.url + "/readyz").status == 503
+            assert "waxhouse_serve_redis_up 0.0" in get(serve.url + "/metrics").body.decode()
+            redis_server.start()  # the append-only file kept the row
+            deadline = time.monotonic() + 20
+            while get(serve.url + "/readyz").status != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert get(serve.url + "/v1/visits/u1//p").json()["row"]["views"] == 2
+            # The stream's reader came back too: a new entry reaches a new client.
+            with SseClient(serve.url + "/v1/visits/stream") as client:
+                time.sleep(0.5)
+                live.visit(0, "u2", "/p", views=1)
+                (event,) = client.read(1)
+            assert event.data["key"] == "u2//p"
+        live.close()
