@@ -420,3 +420,20 @@ def test_redis_down_answers_503_and_serve_recovers_when_it_is_back() -> None:
                 (event,) = client.read(1)
             assert event.data["key"] == "u2//p"
         live.close()
+
+
+def test_a_websocket_that_sends_nothing_gets_what_comes_after_it_connected(
+    live: LiveRows, serve: ServeProcess
+) -> None:
+    live.visit(0, "before", "/p", views=1)
+
+    async def first_frame() -> dict[str, Any]:
+        ws_url = serve.url.replace("http", "ws") + "/v1/visits/ws"
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+            await asyncio.sleep(0.2)  # connected; serve still waits for a first frame
+            await asyncio.to_thread(live.visit, 0, "after", "/p", 2)
+            return dict(await ws.receive_json(timeout=10))
+
+    frame = asyncio.run(first_frame())
+    assert (frame["event"], frame["data"]["key"]) == ("row", "after//p")
+    assert frame["id"] == live.stream("visits")[-1][0]

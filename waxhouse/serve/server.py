@@ -319,13 +319,15 @@ class LiveServer:
         ws = web.WebSocketResponse(heartbeat=KEEPALIVE_S)
         await ws.prepare(request)
         with self._open(request, "ws"):
+            subscriber = self.feeds[table.name].subscribe()  # "from now" is from connecting
             if last is None:
                 try:
                     last = await _first_frame(ws)
                 except Refused as refused:
+                    self.feeds[table.name].unsubscribe(subscriber)
                     await ws.close(code=1008, message=refused.error.encode()[:120])
                     return ws
-            pump = asyncio.create_task(self._pump(table, last, _WsSink(ws)))
+            pump = asyncio.create_task(self._pump(table, last, _WsSink(ws), subscriber=subscriber))
             reading = asyncio.create_task(_until_closed(ws))
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await asyncio.wait((pump, reading), return_when=asyncio.FIRST_COMPLETED)
@@ -349,13 +351,19 @@ class LiveServer:
             gauge.dec()
 
     async def _pump(
-        self, table: LiveTable, last: str | None, sink: Sink, direct: _DirectSse | None = None
+        self,
+        table: LiveTable,
+        last: str | None,
+        sink: Sink,
+        direct: _DirectSse | None = None,
+        subscriber: Subscriber | None = None,
     ) -> None:
         """Catch up after `last` (if given), then live: each event once, in id order.
         Returns when the client is dropped (too slow, or shutting down) or the store
         fails while catching up; the client resumes with its last id."""
         feed = self.feeds[table.name]
-        subscriber = feed.subscribe()
+        if subscriber is None:
+            subscriber = feed.subscribe()
         counted = metrics.events(table.name)
         try:
             await feed.started.wait()
