@@ -405,7 +405,7 @@ def test_redis_down_answers_503_and_serve_recovers_when_it_is_back() -> None:
             redis_server.kill()
             down = get(serve.url + "/v1/visits/u1//p")
             assert (down.status, down.headers["retry-after"]) == (503, "1")
-            assert down.json() == {"error": "the live store is unreachable"}
+            assert down.json() == {"error": "the live store is unreachable", "retry_after": 1}
             assert get(serve.url + "/readyz").status == 503
             assert "waxhouse_serve_redis_up 0.0" in get(serve.url + "/metrics").body.decode()
             redis_server.start()  # the append-only file kept the row

@@ -58,6 +58,7 @@ LAYERS: dict[str, int] = {
     "waxhouse.gateway": ASSEMBLY,
     "waxhouse.gateway.producer": ASSEMBLY,
     "waxhouse.gateway.server": ASSEMBLY,
+    "waxhouse.gateway.answers": ASSEMBLY,
     # Live results: the server over any reader, and the flow's own in-process store.
     "waxhouse.serve.embedded": ASSEMBLY,
     "waxhouse.serve.metrics": CORE,

@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from waxhouse.gateway import metrics
+from waxhouse.gateway.answers import Refused, json_response, refusal
 from waxhouse.gateway.body import Batch, BodyError, decode_body, validate
 from waxhouse.gateway.limits import CorsPolicy, RateLimiter, Tokens, bearer
 from waxhouse.gateway.producer import RETRY_AFTER_S, GatewayProducer, Unavailable
@@ -36,40 +37,7 @@ logger = logging.getLogger(__name__)
 
 OTHER = "other"
 FIRST_FRAME_TIMEOUT_S = 10.0
-JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Refused(Exception):
-    """A request or frame answered with `status` and `error` (and maybe `Retry-After`)."""
-
-    def __init__(self, status: int, error: str, retry_after: int | None = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.retry_after = retry_after
-
-    def body(self) -> dict[str, Any]:
-        answer: dict[str, Any] = {"error": self.error}
-        if self.retry_after is not None:
-            answer["retry_after"] = self.retry_after
-        return answer
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type=JSON, headers=headers)
-
-
-def _refusal(refused: Refused) -> web.Response:
-    headers = {}
-    if refused.retry_after is not None:
-        headers["Retry-After"] = str(refused.retry_after)
-    if refused.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="waxhouse"'
-    response = _json(refused.status, refused.body(), headers)
-    if refused.status == 413:
-        response.force_close()  # the rest of the body is not read
-    return response
 
 
 class Gateway:
@@ -139,20 +107,22 @@ class Gateway:
     async def _preflight(self, request: web.Request) -> web.Response:
         headers = self.cors.preflight(request.headers.get("Origin"))
         if headers is None:
-            return _json(403, {"error": "this origin is not allowed (GATEWAY_CORS_ORIGINS)"})
+            return json_response(
+                403, {"error": "this origin is not allowed (GATEWAY_CORS_ORIGINS)"}
+            )
         return web.Response(status=204, headers=headers)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         if not self.producer.healthy:
-            return _json(503, {"status": "the Kafka producer failed for good"})
-        return _json(200, {"status": "ok"})
+            return json_response(503, {"status": "the Kafka producer failed for good"})
+        return json_response(200, {"status": "ok"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         if self.draining:
-            return _json(503, {"status": "shutting down"})
+            return json_response(503, {"status": "shutting down"})
         if not self.producer.ready:
-            return _json(503, {"status": "Kafka is not reachable"})
-        return _json(200, {"status": "ready"})
+            return json_response(503, {"status": "Kafka is not reachable"})
+        return json_response(200, {"status": "ready"})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(REGISTRY))
@@ -166,7 +136,7 @@ class Gateway:
             try:
                 return await self._post(route, request)
             except Refused as refused:
-                return _refusal(refused)
+                return refusal(refused)
 
         return handle
 
@@ -189,7 +159,7 @@ class Gateway:
         except BodyError as e:
             raise Refused(e.status, e.message) from None
         batch = await self.store(route, route.path, caller, events, read_at)
-        return _json(200, {"accepted": batch.accepted, "rejected": batch.rejected})
+        return json_response(200, {"accepted": batch.accepted, "rejected": batch.rejected})
 
     async def _read(self, request: web.Request) -> bytes:
         chunks, size = [], 0
@@ -248,9 +218,9 @@ class Gateway:
             if authorization is not None or not self.tokens.required:
                 caller = self._caller(authorization)
                 if caller is None:
-                    return _refusal(Refused(401, "a valid bearer token is required"))
+                    return refusal(Refused(401, "a valid bearer token is required"))
             if self.draining:
-                return _refusal(Refused(503, "the gateway is shutting down", RETRY_AFTER_S))
+                return refusal(Refused(503, "the gateway is shutting down", RETRY_AFTER_S))
             socket = _Socket(self, route, caller)
             return await socket.run(request)
 

@@ -39,6 +39,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from waxhouse.fields import InvalidField, parse_rfc3339
+from waxhouse.gateway.answers import Refused, json_response, refusal
 from waxhouse.gateway.limits import CorsPolicy, Tokens, bearer
 from waxhouse.livetables import LiveTable
 from waxhouse.serve import metrics
@@ -52,7 +53,6 @@ __all__ = ["LiveServer", "ServeHandle", "start_in_thread"]
 logger = logging.getLogger(__name__)
 
 OTHER = "other"
-JSON = "application/json"
 KEEPALIVE_S = 15.0
 FIRST_FRAME_S = 1.0  # how long a WebSocket waits for {"last_event_id": ...}
 RETRY_AFTER_S = 1
@@ -61,27 +61,6 @@ MAX_LIMIT = 1000
 HISTORY_LIMIT = 100
 SHUTDOWN_S = 5.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Refused(Exception):
-    def __init__(self, status: int, error: str, retry_after: int | None = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.retry_after = retry_after
-
-
-def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type=JSON, headers=headers)
-
-
-def _refusal(refused: Refused) -> web.Response:
-    headers = {}
-    if refused.retry_after is not None:
-        headers["Retry-After"] = str(refused.retry_after)
-    if refused.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="waxhouse"'
-    return _json(refused.status, {"error": refused.error}, headers)
 
 
 def _label(request: web.Request) -> str:
@@ -181,29 +160,29 @@ class LiveServer:
             try:
                 return await method(request)
             except Refused as refused:
-                return _refusal(refused)
+                return refusal(refused)
 
         return handle
 
     async def _preflight(self, request: web.Request) -> web.Response:
         headers = self.cors.preflight(request.headers.get("Origin"))
         if headers is None:
-            return _json(403, {"error": "this origin is not allowed (SERVE_CORS_ORIGINS)"})
+            return json_response(403, {"error": "this origin is not allowed (SERVE_CORS_ORIGINS)"})
         headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
         headers["Access-Control-Allow-Headers"] = "Authorization, Last-Event-ID"
         return web.Response(status=204, headers=headers)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return _json(200, {"status": "ok"})
+        return json_response(200, {"status": "ok"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         if self.draining:
-            return _json(503, {"status": "shutting down"})
+            return json_response(503, {"status": "shutting down"})
         up = await self.reader.ping()
         metrics.REDIS_UP.set(1 if up else 0)
         if not up:
-            return _json(503, {"status": "the live store does not answer"})
-        return _json(200, {"status": "ready"})
+            return json_response(503, {"status": "the live store does not answer"})
+        return json_response(200, {"status": "ready"})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(REGISTRY))
@@ -242,7 +221,7 @@ class LiveServer:
         row = await self._read(self.reader.newest_row(table, table.kid_of(key)))
         if row is None:
             raise Refused(404, f"no row of {table.name} for key {key!r}")
-        return _json(200, row)
+        return json_response(200, row)
 
     async def _top(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -253,7 +232,7 @@ class LiveServer:
         top = await self._read(self.reader.top(table, limit))
         if top is None:
             raise Refused(404, f"no window of {table.name} has closed yet")
-        return _json(200, top)
+        return json_response(200, top)
 
     async def _history(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -275,7 +254,9 @@ class LiveServer:
             raise Refused(
                 503, "ClickHouse did not answer the history query", RETRY_AFTER_S
             ) from None
-        return _json(200, {"table": table.name, "key": request.match_info["key"], "rows": rows})
+        return json_response(
+            200, {"table": table.name, "key": request.match_info["key"], "rows": rows}
+        )
 
     # --- streams ---------------------------------------------------------------------
 
