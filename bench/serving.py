@@ -4,7 +4,7 @@ its Server-Sent Events fan-out.
     python -m bench.serving [--rounds 3] [--events 200000] [--seconds 8] [--sse-clients 10000]
 
 On one broker (a throwaway one, or KAFKA_BOOTSTRAP_SERVERS) and one redis-server started
-here with the compose stack's settings (`bench.serving_redis`), in three parts:
+here with the compose stack's settings (append-only, `appendfsync everysec`), in three parts:
 
 1. **The flow with its Redis sink on and off** (`bench.serving_flow`): the clickstream
    flow drains the same topic in bounded mode with and without `REDIS_URL`, alternated in
@@ -59,8 +59,8 @@ from bench.serving_load import (
     run_lookups,
     run_watchers,
 )
-from bench.serving_redis import BenchRedis
 from tests.support.flow import REPO, flow_env
+from tests.support.redis_server import RedisServer
 from tests.support.scrape import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -580,9 +580,8 @@ def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # serve inherits it
     results = Results({}, [], {})
-    with bootstrap() as servers, BenchRedis() as server:
-        assert server.process is not None
-        redis_pid = server.process.pid
+    with bootstrap() as servers, RedisServer(appendfsync="everysec") as server:
+        redis_pid = server.pid
         fill_db = 1
         if parts & {"flow", "lookups"}:
             topics = fill(servers, args.events, args.seed)
@@ -596,7 +595,7 @@ def main() -> None:
                         modes = ("on",)
                     for mode in modes:
                         db = 1 if name == "benchmark" else 2
-                        url = server.url(db) if mode == "on" else None
+                        url = server.url_of(db) if mode == "on" else None
                         run = drain(servers, topics[name], url, redis_pid)
                         results.flow[name][mode].append(run)
                         print(
@@ -607,11 +606,11 @@ def main() -> None:
             if "flow" not in parts:
                 results.flow = {}
         if "lookups" in parts:
-            paths = lookup_paths(server.url(fill_db))
+            paths = lookup_paths(server.url_of(fill_db))
             results.keys = len(paths)
             store = Path(tempfile.mkdtemp(prefix="bench-serve-store-")) / "store"
             ctx = multiprocessing.get_context("spawn")
-            with serve(server.url(fill_db), store) as (port, pid), ctx.Pool(1) as pool:
+            with serve(server.url_of(fill_db), store) as (port, pid), ctx.Pool(1) as pool:
                 check_lookup(port, paths)
                 load = Lookups(
                     "closed",
@@ -636,7 +635,7 @@ def main() -> None:
                             flush=True,
                         )
         if "sse" in parts:
-            url = server.url(SSE_DB)
+            url = server.url_of(SSE_DB)
             with redis.Redis.from_url(url) as client:
                 client.flushdb()
             store = Path(tempfile.mkdtemp(prefix="bench-serve-store-")) / "store"

@@ -5,7 +5,9 @@
 
 Each test takes its own database (`server.database()`), so tests never see each other's
 keys. `kill()` sends SIGKILL and `start()` starts it again on the same port and data
-directory (append-only file on, so what it acknowledged survives the kill).
+directory (append-only file on, fsynced on every write by default, so what it
+acknowledged survives the kill; the benchmarks run it as the compose stack does,
+`appendfsync="everysec"`).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ def free_port() -> int:
 class RedisServer:
     """One `redis-server` process with its own directory; `url` names database 0."""
 
-    def __init__(self, *, password: str | None = None) -> None:
+    def __init__(self, *, password: str | None = None, appendfsync: str = "always") -> None:
         executable = shutil.which(REDIS_SERVER)
         if executable is None:
             raise RuntimeError("redis-server is not installed (Debian: redis-server)")
         self.executable = executable
         self.password = password
+        self.appendfsync = appendfsync
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="waxhouse-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
@@ -50,6 +53,11 @@ class RedisServer:
     def url_of(self, db: int) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() it first"
+        return self._process.pid
 
     def database(self) -> str:
         """The URL of a database no other test used, emptied."""
@@ -69,7 +77,7 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--databases", str(DATABASES),
             "--daemonize", "no",
