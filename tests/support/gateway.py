@@ -13,24 +13,26 @@ once `/readyz` says Kafka is reachable). The process's output goes to `gw.log_pa
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from tests.support.flow import REPO, flow_env
+from tests.support.flow import flow_env
+from tests.support.http_process import HttpProcess, http_status
 from tests.support.scrape import free_port
 
-START_TIMEOUT_S = 60.0
+__all__ = [
+    "Answer",
+    "GatewayProcess",
+    "gateway_env",
+    "http_status",
+    "post_events",
+    "request",
+    "start_gateway",
+]
 
 
 def gateway_env(bootstrap: str, env: Mapping[str, str], port: int) -> dict[str, str]:
@@ -48,18 +50,7 @@ def gateway_env(bootstrap: str, env: Mapping[str, str], port: int) -> dict[str, 
     return base
 
 
-def http_status(url: str, timeout_s: float = 2.0) -> int | None:
-    """The status of `GET url`, None if nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-class GatewayProcess:
+class GatewayProcess(HttpProcess):
     """A running gateway (see the module docstring)."""
 
     def __init__(
@@ -71,86 +62,10 @@ class GatewayProcess:
         log_path: Path | None,
         ready: bool,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = gateway_env(bootstrap, env, self.port)
-        self.command = [sys.executable, "-m", "waxhouse.cli", "gateway", "--flow", flow, *args]
-        if log_path is None:
-            handle, name = tempfile.mkstemp(prefix="waxhouse-gateway-", suffix=".log")
-            os.close(handle)
-            log_path = Path(name)
-        self.log_path = log_path
-        self.ready = ready
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> GatewayProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        self.wait_healthy()
-        return self
-
-    def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        paths = ["/healthz", "/readyz"] if self.ready else ["/healthz"]
-        while paths:
-            if self.process is None or self.process.poll() is not None:
-                raise AssertionError(f"the gateway exited at start:\n{self.output()[-3000:]}")
-            if http_status(self.url + paths[0], timeout_s=1.0) == 200:
-                paths.pop(0)
-                continue
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"the gateway did not answer {paths[0]} in {timeout_s} s:\n"
-                    f"{self.output()[-3000:]}"
-                )
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: nothing is flushed."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM and wait; returns the exit code (the gateway exits 0 after draining)."""
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
-            raise AssertionError(f"the gateway did not stop within {timeout_s} s") from None
-
-    def restart(self) -> GatewayProcess:
-        """Start again on the same port with the same settings (killing it if running)."""
-        self.kill()
-        return self.start()
-
-    def __enter__(self) -> GatewayProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(AssertionError):  # stop() killed it
-                self.stop(timeout_s=30)
+        port = free_port()
+        command = [sys.executable, "-m", "waxhouse.cli", "gateway", "--flow", flow, *args]
+        environment = gateway_env(bootstrap, env, port)
+        super().__init__("the gateway", command, environment, port, log_path, ready)
 
 
 def start_gateway(

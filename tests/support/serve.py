@@ -18,17 +18,9 @@ live tables cover each case, a writer that puts rows in Redis as a flow does (th
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,15 +28,14 @@ import orjson
 import redis
 
 from dataflows.clickstream import events
-from tests.support.flow import REPO, flow_env
-from tests.support.gateway import http_status
+from tests.support.flow import flow_env
+from tests.support.http_process import HttpProcess
 from tests.support.scrape import free_port
 from waxhouse import Pipeline, Table, agg, windows
 from waxhouse.connectors.redis_store import RedisWriter
 from waxhouse.livetables import LiveTable, live_tables
 from waxhouse.rows import RowBatch
 
-START_TIMEOUT_S = 60.0
 WINDOW_MS = 60_000
 LATENESS_MS = 10_000  # ALLOWED_LATENESS_SECONDS' default, as serve compiles it
 
@@ -153,72 +144,16 @@ class LiveRows:
 # --- the process ------------------------------------------------------------------------
 
 
-class ServeProcess:
+class ServeProcess(HttpProcess):
     """A running `waxhouse serve` (`start_serve`); its output goes to `log_path`."""
 
-    def __init__(self, env: Mapping[str, str], args: Sequence[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        base = flow_env({})
-        base.update({"SERVE_LISTEN": f"127.0.0.1:{self.port}", "PYTHONUNBUFFERED": "1"})
-        base.update(env)
-        self.env = base
-        self.command = [sys.executable, "-m", "waxhouse.cli", "serve", *args]
-        handle, name = tempfile.mkstemp(prefix="waxhouse-serve-", suffix=".log")
-        os.close(handle)
-        self.log_path = Path(name)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, ready: bool = True) -> ServeProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        paths = ["/healthz", "/readyz"] if ready else ["/healthz"]
-        while paths:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited at start:\n{self.output()[-3000:]}")
-            if http_status(self.url + paths[0], timeout_s=1.0) == 200:
-                paths.pop(0)
-                continue
-            if time.monotonic() > deadline:
-                raise AssertionError(f"serve did not answer {paths[0]}:\n{self.output()[-3000:]}")
-            time.sleep(0.1)
-        return self
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM and wait; the exit code."""
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
-            raise AssertionError(f"serve did not stop within {timeout_s} s") from None
-
-    def __enter__(self) -> ServeProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(AssertionError):
-            self.stop()
+    def __init__(self, env: Mapping[str, str], args: Sequence[str], ready: bool) -> None:
+        port = free_port()
+        environment = flow_env({})
+        environment.update({"SERVE_LISTEN": f"127.0.0.1:{port}", "PYTHONUNBUFFERED": "1"})
+        environment.update(env)
+        command = [sys.executable, "-m", "waxhouse.cli", "serve", *args]
+        super().__init__("serve", command, environment, port, ready=ready)
 
 
 def start_serve(
@@ -229,7 +164,7 @@ def start_serve(
     ready: bool = True,
 ) -> ServeProcess:
     """`waxhouse serve [args]` on `redis_url` and a free port, once healthy (and ready)."""
-    return ServeProcess({"REDIS_URL": redis_url, **(env or {})}, args).start(ready)
+    return ServeProcess({"REDIS_URL": redis_url, **(env or {})}, args, ready).start()
 
 
 # --- a Server-Sent Events client -----------------------------------------------------------
