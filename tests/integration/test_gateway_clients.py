@@ -9,19 +9,16 @@ import asyncio
 import json
 import re
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
 
-from tests.support.browser import Chromium, FailedRequest, Page, chromium_path
+from tests.support.browser import Chromium, FailedRequest, Page, Site, chromium_path
 from tests.support.dlq import read_topic
 from tests.support.docs_examples import Example, runnable_examples
 from tests.support.gateway import GatewayProcess, start_gateway
@@ -73,51 +70,19 @@ def topics(kafka_bootstrap: str) -> Iterator[Topics]:
     delete_topic(kafka_bootstrap, made.readings, timeout_s=5.0)
 
 
-class Site:
-    """A page on 127.0.0.1:<its own port>, so an origin other than the gateway's: the
-    page's runnable `fetch` and `WebSocket` examples verbatim, after the two constants they
-    use. `/?gateway=<url>` picks the gateway."""
-
-    def __init__(self) -> None:
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = parse_qs(urlsplit(self.path).query)
-                body = site.html(query.get("gateway", [""])[0]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def html(gateway: str) -> str:
-        constants = f"const WAXHOUSE_GATEWAY = {json.dumps(gateway)};\n"
-        constants += f"const TOKEN = {json.dumps(TOKEN)};\n"
-        examples = "\n".join([JS["fetch"].source, JS["WebSocket"].source])
-        return f"<!doctype html>\n<title>shop</title>\n<script>\n{constants}{examples}</script>\n"
-
-    def url(self, gateway: GatewayProcess) -> str:
-        return f"{self.origin}/?gateway={gateway.url}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def page_html(gateway: str) -> str:
+    """The page: its runnable `fetch` and `WebSocket` examples verbatim, after the two
+    constants they use."""
+    constants = f"const WAXHOUSE_GATEWAY = {json.dumps(gateway)};\n"
+    constants += f"const TOKEN = {json.dumps(TOKEN)};\n"
+    examples = "\n".join([JS["fetch"].source, JS["WebSocket"].source])
+    return f"<!doctype html>\n<title>shop</title>\n<script>\n{constants}{examples}</script>\n"
 
 
 @pytest.fixture(scope="module")
 def shop() -> Iterator[Site]:
     """The site whose origin the gateways allow."""
-    site = Site()
+    site = Site(page_html, "gateway")
     yield site
     site.close()
 
@@ -125,7 +90,7 @@ def shop() -> Iterator[Site]:
 @pytest.fixture(scope="module")
 def elsewhere() -> Iterator[Site]:
     """A site whose origin no gateway allows."""
-    site = Site()
+    site = Site(page_html, "gateway")
     yield site
     site.close()
 
@@ -247,7 +212,7 @@ def test_a_page_from_an_allowed_origin_sends_by_fetch_and_websocket(
 
     async def scenario() -> tuple[Any, ...]:
         async with Chromium() as browser:
-            page = await browser.open(shop.url(gateway))
+            page = await browser.open(shop.url(gateway.url))
             by_fetch = await page.evaluate(f"sendEvents({json.dumps(batch)})")
             acks = await page.evaluate(
                 "(async () => {"
@@ -285,7 +250,7 @@ def test_the_browser_blocks_a_page_from_another_origin(
 
     async def scenario() -> tuple[str, list[FailedRequest]]:
         async with Chromium() as browser:
-            page = await browser.open(elsewhere.url(gateway))
+            page = await browser.open(elsewhere.url(gateway.url))
             outcome = await page.evaluate(
                 f"sendEvents({json.dumps(batch)}, {{attempts: 1}})"
                 ".then(answer => JSON.stringify(answer), error => error.name)"
@@ -312,7 +277,7 @@ def test_fetch_retries_a_429_until_every_batch_is_stored(
 
         async def scenario() -> Any:
             async with Chromium() as browser:
-                page = await browser.open(shop.url(limited))
+                page = await browser.open(shop.url(limited.url))
                 return await page.evaluate(
                     f"Promise.all({json.dumps(batches)}.map(b => sendEvents(b)))",
                     timeout_s=120,
@@ -349,7 +314,7 @@ def test_the_websocket_client_resends_what_a_killed_gateway_never_acknowledged(
 
         async def scenario() -> tuple[Any, Any]:
             async with Chromium() as browser:
-                page = await browser.open(shop.url(process))
+                page = await browser.open(shop.url(process.url))
                 before = await page.evaluate(
                     "window.socket = new EventSocket("
                     '  WAXHOUSE_GATEWAY.replace(/^http/, "ws") + "/v1/events/ws", TOKEN);'

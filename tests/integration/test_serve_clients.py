@@ -9,19 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
 
 from dataflows.clickstream import pipeline as clickstream
-from tests.support.browser import Chromium, chromium_path
+from tests.support.browser import Chromium, Site, chromium_path
 from tests.support.docs_examples import runnable_examples
 from tests.support.serve import LiveRows, ServeProcess, start_serve
 from waxhouse.fields import parse_rfc3339
@@ -53,56 +50,26 @@ def test_the_page_has_every_kind_of_example() -> None:
     }
 
 
-class Site:
-    """A page on its own port (another origin than serve's): the page's EventSource and
-    WebSocket examples verbatim after the two constants they use, and a list to fill.
-    `/?serve=<url>` picks the server."""
-
-    def __init__(self) -> None:
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = parse_qs(urlsplit(self.path).query)
-                body = site.html(query.get("serve", [""])[0]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @staticmethod
-    def html(serve: str) -> str:
-        constants = (
-            f"const WAXHOUSE_SERVE = {json.dumps(serve)};\nconst TOKEN = {json.dumps(TOKEN)};\n"
-        )
-        examples = "\n".join([JS["EventSource"].source, JS["WebSocket"].source])
-        # When the list changes, the page notes the time (epoch ms): the latency's end.
-        watch = (
-            "window.changedAt = [];\n"
-            "new MutationObserver(() => window.changedAt.push(Date.now()))"
-            '.observe(document.getElementById("top-pages"), {childList: true});\n'
-        )
-        return (
-            '<!doctype html>\n<title>shop</title>\n<ol id="top-pages"></ol>\n'
-            f"<script>\n{constants}{examples}\n{watch}</script>\n"
-        )
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def page_html(serve: str) -> str:
+    """The page: its EventSource and WebSocket examples verbatim after the two constants
+    they use, and a list to fill."""
+    constants = f"const WAXHOUSE_SERVE = {json.dumps(serve)};\nconst TOKEN = {json.dumps(TOKEN)};\n"
+    examples = "\n".join([JS["EventSource"].source, JS["WebSocket"].source])
+    # When the list changes, the page notes the time (epoch ms): the latency's end.
+    watch = (
+        "window.changedAt = [];\n"
+        "new MutationObserver(() => window.changedAt.push(Date.now()))"
+        '.observe(document.getElementById("top-pages"), {childList: true});\n'
+    )
+    return (
+        '<!doctype html>\n<title>shop</title>\n<ol id="top-pages"></ol>\n'
+        f"<script>\n{constants}{examples}\n{watch}</script>\n"
+    )
 
 
 @pytest.fixture(scope="module")
 def shop() -> Iterator[Site]:
-    site = Site()
+    site = Site(page_html, "serve")
     yield site
     site.close()
 
@@ -217,7 +184,7 @@ def test_an_eventsource_page_shows_a_closed_window_s_top_pages(
 
     async def scenario() -> tuple[list[str], float]:
         async with Chromium() as browser:
-            page = await browser.open(f"{shop.origin}/?serve={serve.url}")
+            page = await browser.open(shop.url(serve.url))
             await page.evaluate(
                 "(async () => {" + JS["EventSource, in use"].source.split("\n", 1)[1] + "\n"
                 " window.source = source;"
@@ -254,7 +221,7 @@ def test_a_websocket_page_follows_sessions_from_the_start_and_live(
 
     async def scenario() -> list[dict[str, Any]]:
         async with Chromium() as browser:
-            page = await browser.open(f"{shop.origin}/?serve={serve.url}")
+            page = await browser.open(shop.url(serve.url))
             await page.evaluate(
                 "(() => {" + JS["WebSocket, in use"].source.split("\n", 1)[1] + "\n"
                 " window.sessions = sessions; window.follower = follower; })()"

@@ -25,11 +25,15 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
@@ -305,3 +309,36 @@ class Chromium:
                 self._process.wait(10)
         if self._profile is not None:
             shutil.rmtree(self._profile.parent, ignore_errors=True)
+
+
+class Site:
+    """A page served on 127.0.0.1 at a port of its own, so an origin other than the
+    server it talks to: `html(server_url)` makes the page, the server's URL taken from
+    the query parameter `param` (`site.url(server_url)` is such an address)."""
+
+    def __init__(self, html: Callable[[str], str], param: str) -> None:
+        self.param = param
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                body = html(query.get(param, [""])[0]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, server_url: str) -> str:
+        return f"{self.origin}/?{urlencode({self.param: server_url})}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
