@@ -36,6 +36,7 @@ import orjson
 
 from waxhouse.engine import CompiledTable, PipelineError
 from waxhouse.fields import format_rfc3339
+from waxhouse.pipeline import CompiledPipeline
 from waxhouse.tables import Live, Session, Sliding, Tumbling
 from waxhouse.views import final_rows, time_columns
 
@@ -50,7 +51,7 @@ def marks_key(pipeline: str) -> str:
     return f"wh:{pipeline}:marks"
 
 
-def live_tables(compiled: Any) -> dict[str, LiveTable]:
+def live_tables(compiled: CompiledPipeline) -> dict[str, LiveTable]:
     """The live tables of a `CompiledPipeline`, by name."""
     name = compiled.pipeline.name
     return {
