@@ -336,4 +336,9 @@ def serving_sink(
             f"(from the repository: pip install -e '.[serve]'): {e}"
         ) from None
     logger.info("%s serves its live tables in process: %s", pipeline, ", ".join(tables))
+    if not settings.serve.tokens:
+        logger.warning(
+            "SERVE_TOKENS and SERVE_TOKENS_FILE are unset: anyone who reaches %s can read",
+            settings.serve.listen,
+        )
     return _ServingSink(tables, settings)
