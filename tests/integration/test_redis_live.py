@@ -30,7 +30,7 @@ def test_kill_9_mid_redis_writes_then_redis_equals_clickhouse_key_for_key(
 ) -> None:
     seed = int(os.environ.get("KILL_TEST_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
-    records = ClickstreamGenerator(GeneratorConfig(seed=seed, events=200_000)).take(200_000)
+    records = ClickstreamGenerator(GeneratorConfig(seed=seed, events=120_000)).take(120_000)
     topic, dlq = topic_factory(4, prefix="live"), topic_factory(1, prefix="live-dlq")
     positions = produce_records(kafka_bootstrap, topic, records)
     url, log = f"chdb://{tmp_path / 'store'}", tmp_path / "flow.log"
