@@ -30,6 +30,7 @@ def test_kill_9_mid_redis_writes_then_redis_equals_clickhouse_key_for_key(
 ) -> None:
     seed = int(os.environ.get("KILL_TEST_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
+    print(f"kill test seed {seed} (KILL_TEST_SEED={seed} runs it again)")
     records = ClickstreamGenerator(GeneratorConfig(seed=seed, events=120_000)).take(120_000)
     topic, dlq = topic_factory(4, prefix="live"), topic_factory(1, prefix="live-dlq")
     positions = produce_records(kafka_bootstrap, topic, records)
