@@ -57,12 +57,22 @@ def as_comparable(rows: list[tuple]) -> list[tuple]:
     )
 
 
+def differences(got: list[tuple], want: list[tuple], shown: int = 10) -> str:
+    """What `got` has that `want` lacks and the other way round, a few rows of each."""
+    extra = sorted(set(got) - set(want))
+    missing = sorted(set(want) - set(got))
+    return (
+        f"{len(got)} rows, {len(want)} expected; {len(extra)} unexpected: {extra[:shown]}; "
+        f"{len(missing)} missing: {missing[:shown]}"
+    )
+
+
 def assert_tables_match(
     tables: Tables, expected: Expected, records: list[GeneratedRecord], positions: dict[int, str]
 ) -> None:
     """All three tables equal the oracle's, row by row."""
-    assert len(tables.page_stats) == len(expected.page_stats)
-    assert tables.page_stats == expected.page_stats
-    assert len(tables.sessions) == len(expected.sessions)
-    assert tables.sessions == expected.sessions
+    assert tables.page_stats == expected.page_stats, differences(
+        tables.page_stats, expected.page_stats
+    )
+    assert tables.sessions == expected.sessions, differences(tables.sessions, expected.sessions)
     assert as_comparable(tables.dead_letters) == expected_dead_letters(expected, records, positions)
