@@ -10,8 +10,10 @@ processes (`-i`/`-a`, or the `BYTEWAX_POD_NAME`/`BYTEWAX_STATEFULSET_NAME` and
 directory fill it together, and processes with a volume each (a Kubernetes StatefulSet)
 each hold their own partition, with no separate `python -m bytewax.recovery` step.
 
-Partitions already there are the state a restart resumes from and are never touched. A
-directory holding partitions of another count (the cluster was resized) gets nothing new:
+Partitions already there are the state a restart resumes from; the only thing removed
+from them is what the last run wrote of an epoch it never completed, when this process can
+see every partition (`drop_unfinished_snapshots`). A directory holding partitions of
+another count (the cluster was resized) gets nothing new:
 Bytewax resumes from those partitions when every one of them is reachable, and refuses to
 start, naming the missing or inconsistent partitions, when they are not.
 
@@ -30,7 +32,8 @@ import logging
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +92,63 @@ def has_committed_state(directory: Path) -> bool:
     return False
 
 
+def resume_epoch(directory: Path) -> int | None:
+    """The epoch Bytewax resumes from with the partitions in `directory`, computed as it
+    does: the least frontier the workers of the last execution recorded (a worker that
+    recorded none counts as at that execution's own resume epoch); 1 with no execution
+    recorded. None unless `directory` holds every partition of one set: the executions
+    and frontiers may be in any of them.
+    """
+    paths = {path.name: path for path in directory.glob(PARTITION_GLOB)}
+    counts = partition_counts(directory)
+    if len(counts) != 1:
+        return None
+    (count,) = counts
+    if set(paths) != {RecoveryPartition(i, count).file_name for i in range(count)}:
+        return None
+    executions: dict[int, tuple[int, int]] = {}  # number: (workers, resume epoch)
+    frontiers: list[tuple[int, int, int]] = []  # (execution, worker, frontier)
+    for path in paths.values():
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            for number, workers, epoch in db.execute(
+                "SELECT ex_num, worker_count, resume_epoch FROM exs"
+            ):
+                executions[number] = (workers, epoch)
+            frontiers += db.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts")
+    if not executions:
+        return 1
+    last = max(executions)
+    workers, epoch = executions[last]
+    progress = dict.fromkeys(range(workers), epoch)
+    for number, worker, frontier in frontiers:
+        if number == last:
+            progress[worker] = max(progress.get(worker, frontier), frontier)
+    return min(progress.values())
+
+
+def drop_unfinished_snapshots(directory: Path) -> int:
+    """Delete the snapshots of epochs the last run never completed; returns how many.
+
+    A run writes each step's snapshots as each epoch ends for that step, and the epoch
+    completes once every step's are written. A run killed in between leaves snapshots of
+    an epoch at or after the one the next run resumes from. Bytewax never loads those
+    (it loads each key's latest snapshot before the resume epoch), but the next run
+    overwrites only those of the keys it touches again in that epoch: a partition's
+    state that is not touched keeps its stale snapshot, and a later resume would load it
+    beside its source's newer offsets, counting the replayed records twice. So before the
+    run starts, every snapshot of the resume epoch or later goes. Does nothing (returns
+    0) unless `directory` holds every partition (`resume_epoch`).
+    """
+    epoch = resume_epoch(directory)
+    if epoch is None:
+        return 0
+    dropped = 0
+    for path in directory.glob(PARTITION_GLOB):
+        with closing(sqlite3.connect(path)) as db, db:
+            dropped += db.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,)).rowcount
+    return dropped
+
+
 def init_recovery_dir(directory: Path, partition: RecoveryPartition | None = None) -> bool:
     """Create `directory` and `partition` in it unless it is there, or the directory holds
     partitions of another count. Returns whether it created the partition.
@@ -98,8 +158,7 @@ def init_recovery_dir(directory: Path, partition: RecoveryPartition | None = Non
     """
     partition = partition or RecoveryPartition()
     directory.mkdir(parents=True, exist_ok=True)
-    with (directory / ".init.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(directory):
         if (directory / partition.file_name).exists():
             return False
         counts = partition_counts(directory)
@@ -118,6 +177,14 @@ def init_recovery_dir(directory: Path, partition: RecoveryPartition | None = Non
             init_db_dir(Path(scratch), partition.count)
             shutil.move(Path(scratch) / partition.file_name, directory / partition.file_name)
         return True
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Held by one process of those sharing `directory` at a time."""
+    with (directory / ".init.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def disk_space(directory: Path) -> tuple[int, int]:
@@ -226,6 +293,13 @@ def prepare_recovery() -> bool:
             args["snapshot_interval"],
             args["backup_interval"],
         )
+        with _locked(Path(str(directory))):
+            dropped = drop_unfinished_snapshots(Path(str(directory)))
+        if dropped:
+            logger.info(
+                "recovery: dropped %d snapshots of the epoch the last run did not complete",
+                dropped,
+            )
     stopper = flow_stopper()
     if stopper is not None:
         stopper.install()

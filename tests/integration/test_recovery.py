@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.support.oracle import oracle
 from tests.support.produce import produce_records
 from tests.support.tables import assert_tables_match, read_tables
 from waxhouse.connectors.generator import ClickstreamGenerator, GeneratorConfig
+from waxhouse.recovery import resume_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +105,49 @@ def test_kill_9_three_times_including_mid_flush_then_exact(
     print(f"kill test seed {seed}: rows stored after each kill {progress}, final {final}")
     assert progress[1] > 0, f"the mid-flush kill left nothing written (seed {seed})"
     assert min(progress) < final, f"every kill came after the work was done (seed {seed})"
+
+
+def unfinished_snapshots(recovery: Path) -> dict[str, int]:
+    """Per step, the snapshots of the resume epoch and later (`resume_epoch`)."""
+    epoch = resume_epoch(recovery)
+    assert epoch is not None
+    with sqlite3.connect(recovery / "part-0.sqlite3") as db:
+        rows = db.execute(
+            "SELECT step_id, count() FROM snaps WHERE snap_epoch >= ? GROUP BY step_id", (epoch,)
+        )
+        return {step.rpartition(".")[2]: n for step, n in rows}
+
+
+@pytest.mark.slow
+def test_kill_9_between_an_epoch_s_snapshots_leaves_no_stale_state_behind(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """A kill after the windows step snapshotted an epoch and before the sink finished it
+    leaves snapshots of an epoch that never completed; the next start deletes them, so a
+    later resume cannot load a state newer than its source's offsets."""
+    seed = int(os.environ.get("KILL_TEST_SEED", time.time_ns() % 10_000))
+    rng = random.Random(seed)
+    records = ClickstreamGenerator(GeneratorConfig(seed=seed, events=80_000)).take(80_000)
+    topic, dlq = topic_factory(4, prefix="stale"), topic_factory(1, prefix="stale-dlq")
+    positions = produce_records(kafka_bootstrap, topic, records)
+    url, log = f"chdb://{tmp_path / 'store'}", tmp_path / "flow.log"
+    env = kafka_env(kafka_bootstrap, topic, dlq, url)
+    recovery = tmp_path / "recovery"
+    args = recovery_args(recovery)
+
+    flow = start_flow({**env, "FAULT_KILL_IN_SNAPSHOT": "3"}, log, args, faults=True)
+    assert flow.wait(timeout=300) == -signal.SIGKILL, log.read_text()[-3000:]
+    stale = unfinished_snapshots(recovery)
+    assert stale.get("windows", 0) > 0, f"{stale} (seed {seed})"
+
+    flow = start_flow(env, log, args)
+    wait_started(flow, log, partitions=4, runs=2)
+    assert f"dropped {sum(stale.values())} snapshots" in log.read_text()
+    time.sleep(rng.uniform(0.5, 2.0))
+    kill9(flow)
+
+    done = run_flow({**env, "KAFKA_STOP_AT_END": "true"}, args)
+    assert_tables_match(read_tables(url, done.stdout), oracle(records), records, positions)
 
 
 def segment_files(recovery: Path) -> set[Path]:

@@ -10,6 +10,9 @@ as `python -m bytewax.run` would. The production code has no fault hooks.
 - `FAULT_KILL_MID_REDIS=N`: on the N-th (or first later) Redis write of more than one
   script call, send the first call only (its rows are in Redis), then SIGKILL this
   process: a crash in the middle of a live write.
+- `FAULT_KILL_IN_SNAPSHOT=N`: on the N-th snapshot of the ClickHouse sink (the end of an
+  epoch for it, after the steps before it have snapshotted that epoch), SIGKILL this
+  process: a crash between the snapshots of one epoch.
 - `FAULT_INSERT_FAILURES=N`: N insert attempts fail with a transient (network) error
   before reaching ClickHouse; with `FAULT_INSERTS_BEFORE_OUTAGE=M`, after M inserts
   went through.
@@ -67,6 +70,22 @@ def _kill_mid_redis(at_write: int) -> None:
     redis_store.RedisWriter._send = faulty_send  # type: ignore[method-assign]
 
 
+def _kill_in_snapshot(at_snapshot: int) -> None:
+    snapshot = clickhouse._ClickHousePartition.snapshot
+    snapshots = 0
+
+    def faulty_snapshot(self: clickhouse._ClickHousePartition) -> None:
+        nonlocal snapshots
+        snapshots += 1
+        if snapshots >= at_snapshot:
+            sys.stderr.write("fault_run: SIGKILL in the sink's snapshot\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        snapshot(self)
+
+    clickhouse._ClickHousePartition.snapshot = faulty_snapshot  # type: ignore[method-assign]
+
+
 def _failing_inserts(count: int, after: int) -> None:
     init = clickhouse.ClickHouseWriter.__init__
     failures, healthy = count, after
@@ -94,6 +113,8 @@ def main() -> None:
         _kill_mid_flush(int(os.environ["FAULT_KILL_MID_FLUSH"]))
     if os.environ.get("FAULT_KILL_MID_REDIS"):
         _kill_mid_redis(int(os.environ["FAULT_KILL_MID_REDIS"]))
+    if os.environ.get("FAULT_KILL_IN_SNAPSHOT"):
+        _kill_in_snapshot(int(os.environ["FAULT_KILL_IN_SNAPSHOT"]))
     if os.environ.get("FAULT_INSERT_FAILURES"):
         after = int(os.environ.get("FAULT_INSERTS_BEFORE_OUTAGE", "0"))
         _failing_inserts(int(os.environ["FAULT_INSERT_FAILURES"]), after)

@@ -1,9 +1,11 @@
-"""Recovery partitions: each process creates its own, and never touches existing state;
-the free space a running flow keeps for its snapshots."""
+"""Recovery partitions: each process creates its own, and never touches existing state
+but the snapshots of an epoch the last run did not complete; the free space a running
+flow keeps for its snapshots."""
 
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -18,10 +20,12 @@ from waxhouse.recovery import (
     RecoveryPartition,
     RecoverySpace,
     disk_space,
+    drop_unfinished_snapshots,
     has_committed_state,
     init_recovery_dir,
     own_partition,
     partition_counts,
+    resume_epoch,
 )
 
 
@@ -154,3 +158,97 @@ def test_committed_state_is_what_a_run_with_recovery_leaves(tmp_path: Path) -> N
     run_main(flow, recovery_config=RecoveryConfig(str(directory)))
     assert sorted(out) == [("a", 1), ("a", 2), ("b", 1)]
     assert has_committed_state(directory)
+
+
+def recovery_set(directory: Path, count: int) -> list[Path]:
+    """A set of `count` fresh partitions in `directory`."""
+    for index in range(count):
+        init_recovery_dir(directory, RecoveryPartition(index, count))
+    return [directory / f"part-{index}.sqlite3" for index in range(count)]
+
+
+INSERTS = {
+    "exs": "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)",
+    "fronts": "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)",
+    "snaps": "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
+}
+
+
+def insert(path: Path, table: str, *rows: tuple) -> None:
+    with sqlite3.connect(path) as db:
+        db.executemany(INSERTS[table], rows)
+
+
+def snapshot_epochs(paths: list[Path]) -> list[tuple[str, int]]:
+    found = []
+    for path in paths:
+        with sqlite3.connect(path) as db:
+            found += db.execute("SELECT state_key, snap_epoch FROM snaps").fetchall()
+    return sorted(found)
+
+
+def test_the_resume_epoch_is_the_least_frontier_of_the_last_execution(tmp_path: Path) -> None:
+    """Executions and frontiers are spread over the partitions; a worker of the last
+    execution that recorded no frontier counts as at its resume epoch."""
+    first, second = recovery_set(tmp_path, 2)
+    assert resume_epoch(tmp_path) == 1  # nothing ran yet
+    insert(first, "exs", (0, 2, 1))
+    insert(second, "exs", (1, 2, 5))
+    insert(first, "fronts", (0, 0, 7), (0, 1, 6), (1, 0, 9))
+    assert resume_epoch(tmp_path) == 5
+    insert(second, "fronts", (1, 1, 8))
+    assert resume_epoch(tmp_path) == 8
+
+
+def test_without_every_partition_there_is_no_resume_epoch(tmp_path: Path) -> None:
+    init_recovery_dir(tmp_path, RecoveryPartition(0, 2))
+    assert resume_epoch(tmp_path) is None
+
+
+def test_snapshots_of_the_resume_epoch_and_after_are_dropped_in_every_partition(
+    tmp_path: Path,
+) -> None:
+    first, second = recovery_set(tmp_path, 2)
+    insert(first, "exs", (0, 1, 1))
+    insert(second, "fronts", (0, 0, 3))
+    insert(first, "snaps", ("windows", "p0", 2, b"kept"), ("windows", "p0", 3, b"stale"))
+    insert(second, "snaps", ("input", "p0", 2, b"kept"), ("input", "p0", 3, b"stale"))
+    insert(second, "snaps", ("windows", "p1", 4, None))
+    assert drop_unfinished_snapshots(tmp_path) == 3
+    assert snapshot_epochs([first, second]) == [("p0", 2), ("p0", 2)]
+
+
+def test_nothing_is_dropped_without_every_partition(tmp_path: Path) -> None:
+    (first,) = recovery_set(tmp_path, 1)
+    insert(first, "exs", (0, 1, 1))
+    insert(first, "snaps", ("windows", "p0", 1, b"unfinished"))
+    init_recovery_dir(tmp_path / "other", RecoveryPartition(0, 2))
+    (partial,) = (tmp_path / "other").glob("part-*.sqlite3")
+    insert(partial, "exs", (0, 1, 1))
+    insert(partial, "snaps", ("windows", "p0", 1, b"unfinished"))
+    assert drop_unfinished_snapshots(tmp_path / "other") == 0
+    assert snapshot_epochs([partial]) == [("p0", 1)]
+    assert drop_unfinished_snapshots(tmp_path) == 1
+
+
+def test_the_resume_epoch_is_the_one_bytewax_resumes_from(tmp_path: Path) -> None:
+    """A run that fails part way, then another: the execution Bytewax records for the
+    second resumes from the epoch `resume_epoch` computed between the two."""
+    directory = tmp_path / "recovery"
+    init_recovery_dir(directory)
+    items: list[object] = [*"abcdef", TestingSource.ABORT(), *"ghij"]
+
+    def run() -> None:
+        flow = Dataflow("resume")
+        keyed = op.key_on("key", op.input("in", flow, TestingSource(items, 2)), str)
+        counts = op.stateful_map("count", keyed, lambda n, _: ((n or 0) + 1, (n or 0) + 1))
+        op.output("out", counts, TestingSink([]))
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(directory)))
+
+    run()
+    expected = resume_epoch(directory)
+    assert expected is not None and expected > 1
+    run()
+    with sqlite3.connect(directory / "part-0.sqlite3") as db:
+        (resumed,) = db.execute("SELECT resume_epoch FROM exs WHERE ex_num = 1").fetchone()
+    assert resumed == expected
