@@ -21,7 +21,8 @@ import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -75,6 +76,8 @@ logger = logging.getLogger(__name__)
 
 Source = FixedPartitionedSource[tuple[str, SourceItem], Any]
 EmbeddedSource = Callable[[Settings], Source]
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 def load() -> Settings:
@@ -472,7 +475,30 @@ class ReferenceOut:
     dead_letters: list[DeadLetterRow]
 
 
-class ReferenceLogic(StatefulBatchLogic[WindowInput, ReferenceOut, bytes]):
+class _RestoredLogic(StatefulBatchLogic[In, Out, bytes]):
+    """A stateful step's logic that, restored from a snapshot, asks to be woken once at
+    once, so that Bytewax snapshots it again in the run's first epoch.
+
+    Bytewax snapshots a key only in the epochs that wake it. A run killed before
+    completing an epoch can leave a snapshot of that epoch behind, and the next run
+    resumes from that same epoch; if it did not wake the key in it, the stale snapshot
+    would stay, newer than the key's true one, and a later resume would load it beside its
+    source's older offsets. Where every recovery partition is in reach, `prepare_recovery`
+    removes such snapshots before the run (`waxhouse.recovery.drop_unfinished_snapshots`);
+    this covers processes that each hold their own.
+    """
+
+    _wake = False
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(timezone.utc) if self._wake else None
+
+    def on_notify(self) -> tuple[list[Out], bool]:
+        self._wake = False
+        return [], StatefulBatchLogic.RETAIN
+
+
+class ReferenceLogic(_RestoredLogic[WindowInput, ReferenceOut]):
     """One reference partition: late versions refused, its watermark (`ReferencePartition`)."""
 
     def __init__(self, join: TemporalJoin, lateness_ms: int, state: ReferencePartition | None):
@@ -485,11 +511,13 @@ class ReferenceLogic(StatefulBatchLogic[WindowInput, ReferenceOut, bytes]):
         cls, join: TemporalJoin, lateness_ms: int
     ) -> Callable[[bytes | None], ReferenceLogic]:
         def build(resume_state: bytes | None) -> ReferenceLogic:
-            state = None
-            if resume_state is not None:
-                state = pickle.loads(resume_state)
-                state.bind(join)
-            return cls(join, lateness_ms, state)
+            if resume_state is None:
+                return cls(join, lateness_ms, None)
+            state = pickle.loads(resume_state)
+            state.bind(join)
+            logic = cls(join, lateness_ms, state)
+            logic._wake = True
+            return logic
 
         return build
 
@@ -548,7 +576,7 @@ class Parse:
         return ParsedBatch(item.part, events, dead)
 
 
-class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
+class PartitionLogic(_RestoredLogic[WindowInput, RowBatch]):
     """One source partition's tables and watermark as Bytewax state.
 
     The snapshot is the pickled `PartitionState`, taken at the same epoch as the source's
@@ -589,7 +617,9 @@ class PartitionLogic(StatefulBatchLogic[WindowInput, RowBatch, bytes]):
             if resume_state is None:
                 return cls(compiled, None, files, reference_parts, feed)
             state = files.loads(resume_state) if files else pickle.loads(resume_state)
-            return cls(compiled, compiled.restore(state), files, reference_parts, feed)
+            logic = cls(compiled, compiled.restore(state), files, reference_parts, feed)
+            logic._wake = True
+            return logic
 
         return build
 

@@ -3,6 +3,9 @@ results whatever the interleaving of the two topics, batch sizes and replays."""
 
 from __future__ import annotations
 
+import pickle
+from datetime import datetime, timezone
+
 import pytest
 
 from tests.support.joined import DEVICES, READINGS, T, sensors, site_of, streams
@@ -130,3 +133,26 @@ def test_the_flow_step_reports_waiting_events_and_the_reference_watermark() -> N
     assert JOIN_WAITING.labels(partition="readings/0")._value.get() == 0
     watermark = REFERENCE_WATERMARK.labels(partition="readings/0")._value.get()
     assert watermark == (T + 10**7 - compiled.lateness_ms) / 1000
+
+
+def test_a_restored_step_asks_once_to_be_woken_so_its_first_epoch_snapshots_it() -> None:
+    """Bytewax snapshots a key only in the epochs that wake it: a restored logic asks to
+    be woken at once, then no more; a new one never asks."""
+    from bytewax.operators import StatefulBatchLogic
+
+    from waxhouse.dataflow import PartitionLogic, ReferenceLogic
+
+    compiled = sensors().compile()
+    join = compiled.pipeline.join
+    assert join is not None
+    windows = PartitionLogic.builder(compiled, reference_parts=lambda: ["devices/0"])
+    reference = ReferenceLogic.builder(join, compiled.lateness_ms)
+    state = compiled.partition_state("readings/0", ["devices/0"])
+    versions = ReferencePartition("devices/0", join, compiled.lateness_ms)
+    for build, snapshot in ((windows, state), (reference, versions)):
+        assert build(None).notify_at() is None
+        restored = build(pickle.dumps(snapshot))
+        due = restored.notify_at()
+        assert due is not None and due <= datetime.now(timezone.utc)
+        assert restored.on_notify() == ([], StatefulBatchLogic.RETAIN)
+        assert restored.notify_at() is None
