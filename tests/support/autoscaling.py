@@ -1,0 +1,108 @@
+"""For the autoscaler's tests and bench: a simulated flow (what its processes' metrics
+would say), and a producer that ramps a real topic's rate."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from kafka import KafkaProducer
+
+from waxhouse.autoscale.model import ProcessSample, Sample
+from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
+
+PARTS = ("events/0", "events/1", "events/2", "events/3")
+
+
+def process(
+    consumed: float, lag: float, cpu: float, parts: tuple[str, ...] = PARTS
+) -> ProcessSample:
+    """A process reading `parts`, its totals spread evenly over them."""
+    share = len(parts)
+    return ProcessSample({p: consumed / share for p in parts}, {p: lag / share for p in parts}, cpu)
+
+
+class Flow:
+    """A flow that sustains `capacity` records per CPU second on each process, fed at
+    `rate` records per second: what its processes' metrics would say, every `step_s`."""
+
+    def __init__(self, processes: int, capacity: float = 1_000.0, step_s: float = 5.0) -> None:
+        self.processes = processes
+        self.capacity = capacity
+        self.step_s = step_s
+        self.at = 0.0
+        self.consumed = 0.0
+        self.lag = 0.0
+        self.cpu = 0.0
+
+    def restart(self, processes: int) -> None:
+        """A rescale: new processes, counters from zero, the lag as it was."""
+        self.processes, self.consumed, self.cpu = processes, 0.0, 0.0
+
+    def sample(self, rate: float) -> Sample:
+        self.at += self.step_s
+        arrived = rate * self.step_s
+        most = self.processes * self.capacity * self.step_s  # one core each
+        done = min(self.lag + arrived, most)
+        self.lag += arrived - done
+        self.consumed += done
+        self.cpu += done / self.capacity + 0.01 * self.step_s * self.processes  # + polling
+        n = self.processes
+        parts = [PARTS[i::n] for i in range(n)]
+        return Sample(
+            self.at,
+            [process(self.consumed / n, self.lag / n, self.cpu / n, part) for part in parts],
+        )
+
+
+@dataclass(frozen=True)
+class Phase:
+    rate: int  # records per second
+    seconds: float
+
+
+def ramp(
+    bootstrap: str, topic: str, phases: list[Phase], stop: threading.Event
+) -> tuple[list[GeneratedRecord], dict[int, str]]:
+    """Produce generated records at each phase's rate in turn; the records, and where
+    each went (`topic/partition/offset`)."""
+    total = int(sum(p.rate * p.seconds for p in phases)) + 1_000
+    records = ClickstreamGenerator(GeneratorConfig(seed=11, events=total)).take(total)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    futures = []
+    try:
+        for phase in phases:
+            began, sent = time.monotonic(), 0
+            while not stop.is_set() and time.monotonic() - began < phase.seconds:
+                due = min(
+                    int((time.monotonic() - began) * phase.rate), int(phase.rate * phase.seconds)
+                )
+                for record in records[len(futures) : len(futures) + due - sent]:
+                    futures.append(producer.send(topic, key=record.key, value=record.value))
+                sent = due
+                time.sleep(0.005)
+        producer.flush()
+        where = [future.get(timeout=60) for future in futures]
+    finally:
+        producer.close()
+    positions = {n: f"{m.topic}/{m.partition}/{m.offset}" for n, m in enumerate(where)}
+    return records[: len(futures)], positions
+
+
+def free_run(count: int) -> int:
+    """The first of `count` consecutive loopback ports free right now."""
+    while True:
+        first = random.randint(20_000, 50_000)
+        socks = [socket.socket() for _ in range(count)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.bind(("127.0.0.1", first + i))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
