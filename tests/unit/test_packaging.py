@@ -59,6 +59,13 @@ LAYERS: dict[str, int] = {
     "waxhouse.gateway.producer": ASSEMBLY,
     "waxhouse.gateway.server": ASSEMBLY,
     "waxhouse.gateway.answers": ASSEMBLY,
+    # Autoscaling: the model is pure; reading metrics and running processes are I/O.
+    "waxhouse.autoscale": CORE,
+    "waxhouse.autoscale.model": CORE,
+    "waxhouse.autoscale.metrics": ASSEMBLY,
+    "waxhouse.autoscale.local": ASSEMBLY,
+    "waxhouse.autoscale.kubernetes": ASSEMBLY,
+    "waxhouse.autoscale.run": ASSEMBLY,
     # Live results: the server over any reader, and the flow's own in-process store.
     "waxhouse.serve.embedded": ASSEMBLY,
     "waxhouse.serve.metrics": CORE,
