@@ -9,6 +9,8 @@
     waxhouse produce --rate 500                        # generated events into Kafka
     waxhouse gateway                                   # HTTP/WebSocket into Kafka (docs/gateway.md)
     waxhouse serve                                     # live tables over HTTP/SSE (docs/serving.md)
+    waxhouse autoscale --local dataflows.clickstream --recovery-directory data/recovery
+    waxhouse autoscale --dry-run --metrics http://127.0.0.1:3030/metrics   # recommend only
 
 `schema` imports the pipeline's module from the current directory (as `python -m
 bytewax.run` does) and applies the DDL its tables derive, plus the dead letters' table.
@@ -32,11 +34,17 @@ import time
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TextIO
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from kafka.errors import KafkaError
+from prometheus_client import start_http_server
 
+from waxhouse.autoscale.kubernetes import Target, connect
+from waxhouse.autoscale.local import LocalCluster
+from waxhouse.autoscale.model import Controller, Policy
+from waxhouse.autoscale.run import Autoscaler
 from waxhouse.connectors.clickhouse_store import (
     ClickHouseTarget,
     ensure_schema,
@@ -449,17 +457,147 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE[:NAME]",
         help="also serve this pipeline's live tables, e.g. shop.orders:pipeline (repeatable)",
     )
+    _autoscale_parser(commands)
     return parser
+
+
+def _autoscale_parser(commands: Any) -> None:
+    autoscale = commands.add_parser(
+        "autoscale",
+        help="resize a flow to its input rate and lag, DS2-style (docs/operating.md#autoscaling)",
+    )
+    where = autoscale.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--metrics",
+        action="append",
+        metavar="URL",
+        help="a running process's metrics, e.g. http://127.0.0.1:3030/metrics (repeatable, one "
+        "per process); recommends only (with --dry-run)",
+    )
+    where.add_argument(
+        "--local",
+        metavar="FLOW",
+        help="run FLOW (as for bytewax.run, e.g. dataflows.clickstream) as processes on this "
+        "machine sharing --recovery-directory, and resize them",
+    )
+    where.add_argument(
+        "--kubernetes",
+        metavar="STATEFULSET",
+        help="resize this StatefulSet (on the shared-recovery layout) and its address list "
+        "together, through the Kubernetes API (in-cluster, or the local kubeconfig)",
+    )
+    autoscale.add_argument(
+        "--namespace", default="waxhouse", help="--kubernetes: its namespace (default waxhouse)"
+    )
+    autoscale.add_argument(
+        "--container", help="--kubernetes: the flow's container (default: the StatefulSet's name)"
+    )
+    autoscale.add_argument("--recovery-directory", type=Path, help="--local: the recovery state")
+    autoscale.add_argument(
+        "--logs", type=Path, default=Path("autoscale-logs"), help="--local: the processes' logs"
+    )
+    autoscale.add_argument("--processes", type=int, default=1, help="--local: to start with")
+    autoscale.add_argument(
+        "--snapshot-interval", type=float, default=10.0, help="--local: seconds between snapshots"
+    )
+    autoscale.add_argument("--dry-run", action="store_true", help="recommend, never rescale")
+    autoscale.add_argument("--min", type=int, default=1, help="fewest processes (default 1)")
+    autoscale.add_argument("--max", type=int, default=4, help="most processes (default 4)")
+    autoscale.add_argument(
+        "--target-utilisation", type=float, default=0.7, help="of each process (default 0.7)"
+    )
+    autoscale.add_argument(
+        "--catch-up", type=float, default=300.0, help="seconds to clear a backlog (default 300)"
+    )
+    autoscale.add_argument(
+        "--dead-band", type=float, default=0.2, help="share below the target before scaling down"
+    )
+    autoscale.add_argument("--up-delay", type=float, default=30.0, help="seconds (default 30)")
+    autoscale.add_argument("--down-delay", type=float, default=300.0, help="seconds (default 300)")
+    autoscale.add_argument(
+        "--cooldown", type=float, default=120.0, help="seconds between actions (default 120)"
+    )
+    autoscale.add_argument(
+        "--capacity", type=float, help="records/s per process until one is measured"
+    )
+    autoscale.add_argument(
+        "--cores-per-process",
+        type=float,
+        default=1.0,
+        help="CPU a process may use, e.g. its Kubernetes limit (default 1: one worker)",
+    )
+    autoscale.add_argument(
+        "--interval", type=float, default=15.0, help="seconds between looks (default 15)"
+    )
+    autoscale.add_argument("--looks", type=int, help="stop after this many looks")
+    autoscale.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve the autoscaler's own metrics (waxhouse_autoscale_*) on this port",
+    )
+
+
+def run_autoscale(args: argparse.Namespace, out: TextIO) -> None:
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port)
+    policy = Policy(
+        min_processes=args.min,
+        max_processes=args.max,
+        target_utilisation=args.target_utilisation,
+        catch_up_s=args.catch_up,
+        dead_band=args.dead_band,
+        up_delay_s=args.up_delay,
+        down_delay_s=args.down_delay,
+        cooldown_s=args.cooldown,
+        capacity=args.capacity,
+        cores_per_process=args.cores_per_process,
+    )
+    if args.metrics:
+        controller = Controller(policy, current=len(args.metrics))
+        Autoscaler(controller, out, urls=args.metrics).run(args.interval, args.looks)
+        return
+    if args.kubernetes:
+        target = Target(args.kubernetes, args.namespace, args.container or args.kubernetes)
+        actuator = connect(target)
+        controller = Controller(policy, current=actuator.size)
+        autoscaler = Autoscaler(controller, out, actuator=actuator, dry_run=args.dry_run)
+        autoscaler.run(args.interval, args.looks)
+        return
+    cluster = LocalCluster(
+        args.local, args.recovery_directory, args.logs, snapshot_s=args.snapshot_interval
+    )
+    cluster.start(args.processes)
+    try:
+        controller = Controller(policy, current=args.processes)
+        autoscaler = Autoscaler(controller, out, actuator=cluster, dry_run=args.dry_run)
+        autoscaler.run(args.interval, args.looks)
+    finally:
+        cluster.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(
-        "INFO" if args.verbose or args.command in ("produce", "gateway", "serve") else "WARNING"
+        "INFO"
+        if args.verbose or args.command in ("produce", "gateway", "serve", "autoscale")
+        else "WARNING"
     )
     if args.command == "schema" and args.replicated != (args.cluster is not None):
         parser.error("--replicated and --cluster go together")
+    if args.command == "autoscale":
+        if args.metrics and not args.dry_run:
+            parser.error("--metrics has no actuator: add --dry-run, or run the flow with --local")
+        if args.local and args.recovery_directory is None:
+            parser.error("--local needs --recovery-directory")
+        try:
+            run_autoscale(args, sys.stdout)
+        except WaxhouseError as e:
+            print(f"waxhouse: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            return 0
+        return 0
     try:
         if args.command == "schema" and args.print:
             print_schema(pipeline_statements(args.pipeline), args.cluster, sys.stdout)

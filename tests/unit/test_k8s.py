@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from tests.support.kustomize import build
+from waxhouse.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -40,6 +41,7 @@ KUSTOMIZATIONS = (
     "redis",
     "serve",
     "monitoring",
+    "autoscaling",
 )
 KUBERNETES_VERSION = "1.34.0"
 NAMESPACE = "waxhouse"
@@ -47,6 +49,7 @@ SECRET = "waxhouse-credentials"
 FLOW_CONTAINER = "clickstream"
 GATEWAY = "gateway"  # k8s/gateway: Deployment, Service, HPA and budget of this name
 GATEWAY_TOKENS_SECRET = "waxhouse-gateway-tokens"
+AUTOSCALER_ACCOUNT = "waxhouse-autoscaler"  # k8s/autoscaling: its ServiceAccount and Role
 SERVE = "serve"  # k8s/serve: Deployment, Service and budget of this name
 SERVE_TOKENS_SECRET = "waxhouse-serve-tokens"
 REDIS = "redis"  # k8s/redis: StatefulSet and Service of this name
@@ -506,9 +509,10 @@ def test_secrets_come_from_the_secret_only(built: dict[str, list[dict[str, Any]]
             refs = [
                 s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s
             ]
-            # Redis (k8s/redis) needs no credentials of ours; every waxhouse process reads
-            # the one Secret.
-            wanted = [] if REDIS_IMAGE.fullmatch(container["image"]) else [SECRET]
+            # Redis (k8s/redis) and the autoscaler (it reads metrics and the API only)
+            # need no credentials of ours; every other waxhouse process reads the one Secret.
+            keyless = REDIS_IMAGE.fullmatch(container["image"]) or container["name"] == "autoscaler"
+            wanted = [] if keyless else [SECRET]
             assert refs == wanted, f"{where}: {container['name']} reads secrets {refs}"
 
 
@@ -575,7 +579,9 @@ def test_every_container_runs_locked_down(built: dict[str, list[dict[str, Any]]]
         for container in containers(spec):
             assert_locked_down(spec.get("securityContext", {}), container, where)
             checked += 1
-        assert spec.get("automountServiceAccountToken") is False, where
+        # Only the autoscaler calls the API, as its own ServiceAccount (rbac.yaml).
+        calls_api = spec.get("serviceAccountName") == AUTOSCALER_ACCOUNT
+        assert spec.get("automountServiceAccountToken") is calls_api, where
     assert checked >= 3
 
 
@@ -1312,3 +1318,39 @@ def test_waxctl_passes_redis_url_only_without_credentials(tmp_path: Path) -> Non
     )
     assert done.returncode == 2 and "REDIS_URL holds credentials" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
+
+
+# ---------------------------------------------------------------- autoscaling
+
+
+def test_the_autoscaler_may_only_resize_the_flow_and_restart_its_pods(
+    built: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in built["autoscaling"]}
+    role = objects[("Role", AUTOSCALER_ACCOUNT)]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["statefulsets"],
+            "resourceNames": ["clickstream"],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
+    ]
+    binding = objects[("RoleBinding", AUTOSCALER_ACCOUNT)]
+    assert binding["roleRef"]["name"] == AUTOSCALER_ACCOUNT
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": AUTOSCALER_ACCOUNT, "namespace": NAMESPACE}
+    ]
+    deployment = objects[("Deployment", "autoscaler")]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == AUTOSCALER_ACCOUNT
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[:2] == ["waxhouse", "autoscale"]
+    assert "--kubernetes=clickstream" in args and f"--namespace={NAMESPACE}" in args
+    parser = build_parser()
+    parsed = parser.parse_args(args[1:])  # the image's CLI accepts them
+    assert parsed.kubernetes == "clickstream" and not parsed.dry_run
