@@ -40,12 +40,21 @@ def test_the_count_stays_within_min_max_and_the_partitions(
 def test_rates_are_consumption_plus_lag_growth_and_capacity_per_cpu_second() -> None:
     earlier = Sample(10.0, [process(1_000, 500, 2.0)])
     later = Sample(20.0, [process(9_000, 2_500, 10.0)])
-    rates = Rates.between(earlier, later, busy_share=0.3)
+    rates = Rates.between(earlier, later, busy_cores=0.8)
     assert rates is not None
     assert rates.demand == Demand(input_rate=1_000.0, backlog=2_500.0)  # (8,000 + 2,000) / 10
     assert rates.consumed_rate == 800.0
     assert rates.capacity == 1_000.0  # 8,000 records in 8 CPU seconds
     assert rates.partitions == 4
+
+
+def test_a_flow_below_flat_out_measures_no_capacity_whatever_its_fixed_costs() -> None:
+    """1,000 records/s for 0.6 of a core, mostly fixed costs (an embedded store's merges):
+    records per CPU second would say 1,667/s, far below what the process sustains."""
+    rates = Rates.between(
+        Sample(0.0, [process(0, 0, 0.0)]), Sample(10.0, [process(10_000, 0, 6.0)]), 0.8
+    )
+    assert rates is not None and rates.capacity is None
 
 
 def test_an_idle_flow_measures_no_capacity_and_a_restart_no_rates() -> None:

@@ -14,9 +14,11 @@ bounded by `Policy.min_processes`, `Policy.max_processes` and the source's parti
   per second, between two samples of every process's metrics; **backlog** is the lag.
 - **Capacity** is records consumed per CPU second of the flow's processes, times the cores
   a process can use (`Policy.cores_per_process`: one worker, about one core). Measured
-  only over intervals in which the processes were busy (`Policy.busy_share` of their
-  cores): an idle flow spends its CPU on polling and timers, which would understate it.
-  Until a busy interval has been seen, `Policy.capacity` (if given) stands in for it.
+  only over intervals in which the processes ran near flat out (`Policy.busy_share` of
+  their cores, 80%): there, records per CPU second is what a process sustains, its fixed
+  costs included. Below, those fixed costs (polling, timers, an embedded store's
+  background merges) dominate and would make it look several times slower than it is.
+  Until such an interval has been seen, `Policy.capacity` (if given) stands in for it.
 - **Dead band.** Scaling down needs the smaller count to hold the demand at
   `target x (1 - dead_band)`; scaling up needs the demand over `target` at the current
   count. In between, the count stays.
@@ -72,7 +74,7 @@ class Policy:
     down_delay_s: float = 300.0
     cooldown_s: float = 120.0
     cores_per_process: float = 1.0
-    busy_share: float = 0.3
+    busy_share: float = 0.8
     capacity: float | None = None  # records per second per process, until measured
 
     def __post_init__(self) -> None:
@@ -146,7 +148,7 @@ class Rates:
     partitions: int
 
     @classmethod
-    def between(cls, earlier: Sample, later: Sample, busy_share: float) -> Rates | None:
+    def between(cls, earlier: Sample, later: Sample, busy_cores: float) -> Rates | None:
         """None when they cannot be compared: no time between them, another process
         count, or a counter that went back (a process restarted)."""
         seconds = later.at - earlier.at
@@ -163,7 +165,7 @@ class Rates:
         grown = sum(lag_after.values()) - sum(lag_before.get(p, 0.0) for p in lag_after)
         input_rate = max(0.0, (consumed + grown) / seconds)
         share = cpu / seconds
-        busy = share >= busy_share * len(later.processes) and consumed > 0
+        busy = share >= busy_cores * len(later.processes) and consumed > 0
         return cls(
             demand=Demand(input_rate, sum(lag_after.values())),
             consumed_rate=consumed / seconds,
@@ -228,7 +230,8 @@ class Controller:
         previous, self._previous = self._previous, sample
         if previous is None:
             return self._hold(sample.at, "first sample of this run: no rates yet")
-        rates = Rates.between(previous, sample, self.policy.busy_share)
+        policy = self.policy
+        rates = Rates.between(previous, sample, policy.busy_share * policy.cores_per_process)
         if rates is None:
             return self._hold(sample.at, "samples not comparable (a process restarted)")
         if rates.capacity is not None:
@@ -236,7 +239,6 @@ class Controller:
         per_process = self.capacity()
         if per_process is None:
             return self._hold(sample.at, "capacity unknown: the flow has not been busy yet", rates)
-        policy = self.policy
         up = needed(rates.demand, per_process, rates.partitions, policy)
         low = policy.target_utilisation * (1 - policy.dead_band)
         down = needed(rates.demand, per_process, rates.partitions, policy, utilisation=low)
