@@ -7,9 +7,9 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from kafka import KafkaProducer
+from typing import Any
 
 from waxhouse.autoscale.model import ProcessSample, Sample
 from waxhouse.connectors.generator import ClickstreamGenerator, GeneratedRecord, GeneratorConfig
@@ -67,29 +67,54 @@ class Phase:
 def ramp(
     bootstrap: str, topic: str, phases: list[Phase], stop: threading.Event
 ) -> tuple[list[GeneratedRecord], dict[int, str]]:
-    """Produce generated records at each phase's rate in turn; the records, and where
-    each went (`topic/partition/offset`)."""
+    """Produce generated records, stamped as the generator stamps them, at each phase's
+    rate in turn (the confluent client: a Python producer would not reach the rates that
+    keep a flow process busy); the records, and where each went
+    (`topic/partition/offset`)."""
+    from confluent_kafka import Producer
+
     total = int(sum(p.rate * p.seconds for p in phases)) + 1_000
     records = ClickstreamGenerator(GeneratorConfig(seed=11, events=total)).take(total)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    futures = []
-    try:
-        for phase in phases:
-            began, sent = time.monotonic(), 0
-            while not stop.is_set() and time.monotonic() - began < phase.seconds:
-                due = min(
-                    int((time.monotonic() - began) * phase.rate), int(phase.rate * phase.seconds)
-                )
-                for record in records[len(futures) : len(futures) + due - sent]:
-                    futures.append(producer.send(topic, key=record.key, value=record.value))
-                sent = due
-                time.sleep(0.005)
-        producer.flush()
-        where = [future.get(timeout=60) for future in futures]
-    finally:
-        producer.close()
-    positions = {n: f"{m.topic}/{m.partition}/{m.offset}" for n, m in enumerate(where)}
-    return records[: len(futures)], positions
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500_000}
+    )
+    where: dict[int, str] = {}
+    failed: list[str] = []
+
+    def delivered(n: int) -> Callable[[Any, Any], None]:
+        def report(error: Any, message: Any) -> None:
+            if error is not None:
+                failed.append(str(error))
+            else:
+                where[n] = f"{message.topic()}/{message.partition()}/{message.offset()}"
+
+        return report
+
+    n = 0
+    for phase in phases:
+        began, sent = time.monotonic(), 0
+        while not stop.is_set() and time.monotonic() - began < phase.seconds:
+            due = min(int((time.monotonic() - began) * phase.rate), int(phase.rate * phase.seconds))
+            for record in records[n : n + due - sent]:
+                while True:
+                    try:
+                        producer.produce(
+                            topic,
+                            value=record.value,
+                            key=record.key,
+                            timestamp=record.timestamp_ms,
+                            on_delivery=delivered(n),
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                n += 1
+            sent = due
+            producer.poll(0)
+            time.sleep(0.005)
+    assert producer.flush(60) == 0, "records still unsent"
+    assert not failed, failed[:3]
+    return records[:n], where
 
 
 def free_run(count: int) -> int:
