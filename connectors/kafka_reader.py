@@ -32,7 +32,12 @@ from typing import Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from waxhouse.connectors.metrics import CONSUMER_LAG, RECORDS_CONSUMED, UNREAD_PARTITIONS
+from waxhouse.connectors.metrics import (
+    CONSUMER_LAG,
+    END_OFFSET,
+    RECORDS_CONSUMED,
+    UNREAD_PARTITIONS,
+)
 from waxhouse.errors import SourceError
 from waxhouse.records import IdleTick, InputBatch, SourceItem
 from waxhouse.settings import StartingOffset
@@ -182,6 +187,7 @@ class KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
         topic, _, partition = part.rpartition("/")
         self._consumed = RECORDS_CONSUMED.labels(topic=topic, partition=partition)
         self._lag = CONSUMER_LAG.labels(topic=topic, partition=partition)
+        self._labels = (topic, partition)  # the end offset's series starts at the first answer
 
     @property
     def part(self) -> str:
@@ -242,6 +248,7 @@ class KafkaPartition(StatefulSourcePartition[KeyedItem, int]):
         # answer: a backlog's answers are older than its records.
         self._caught_up = at_end and answer.at >= self._last_data
         self._lag.set(max(0, answer.end - self._next_offset))
+        END_OFFSET.labels(*self._labels).set(answer.end)
 
     def _idle_tick(self, now: float) -> list[KeyedItem]:
         """A live partition read to its end lets time pass, up to its newest answer."""

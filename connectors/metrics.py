@@ -25,6 +25,12 @@ CONSUMER_LAG = Gauge(
     "Last stable offset minus position, per source partition.",
     ["topic", "partition"],
 )
+END_OFFSET = Gauge(
+    "waxhouse_source_end_offset",
+    "Last stable offset per source partition, as last fetched: its growth is the rate "
+    "records arrive (waxhouse autoscale reads it). Absent until the first fetch answers.",
+    ["topic", "partition"],
+)
 UNREAD_PARTITIONS = Gauge(
     "waxhouse_source_partitions_unread",
     "Partitions a topic gained while the flow ran, which it does not read; the flow stops "

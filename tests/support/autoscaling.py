@@ -18,11 +18,17 @@ PARTS = ("events/0", "events/1", "events/2", "events/3")
 
 
 def process(
-    consumed: float, lag: float, cpu: float, parts: tuple[str, ...] = PARTS
+    consumed: float,
+    lag: float,
+    cpu: float,
+    parts: tuple[str, ...] = PARTS,
+    arrived: float | None = None,
 ) -> ProcessSample:
-    """A process reading `parts`, its totals spread evenly over them."""
-    share = len(parts)
-    return ProcessSample({p: consumed / share for p in parts}, {p: lag / share for p in parts}, cpu)
+    """A process reading `parts`, its totals spread evenly over them; with `arrived`, the
+    partitions' end offsets too."""
+    n = len(parts)
+    end = {} if arrived is None else {p: arrived / n for p in parts}
+    return ProcessSample({p: consumed / n for p in parts}, {p: lag / n for p in parts}, cpu, end)
 
 
 class Flow:
@@ -37,6 +43,7 @@ class Flow:
         self.consumed = 0.0
         self.lag = 0.0
         self.cpu = 0.0
+        self.arrived = 0.0  # the end offsets, summed: they never start again
 
     def restart(self, processes: int) -> None:
         """A rescale: new processes, counters from zero, the lag as it was."""
@@ -45,6 +52,7 @@ class Flow:
     def sample(self, rate: float) -> Sample:
         self.at += self.step_s
         arrived = rate * self.step_s
+        self.arrived += arrived
         most = self.processes * self.capacity * self.step_s  # one core each
         done = min(self.lag + arrived, most)
         self.lag += arrived - done
@@ -54,7 +62,10 @@ class Flow:
         parts = [PARTS[i::n] for i in range(n)]
         return Sample(
             self.at,
-            [process(self.consumed / n, self.lag / n, self.cpu / n, part) for part in parts],
+            [
+                process(self.consumed / n, self.lag / n, self.cpu / n, part, self.arrived / n)
+                for part in parts
+            ],
         )
 
 

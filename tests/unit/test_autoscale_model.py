@@ -10,6 +10,7 @@ from waxhouse.autoscale.model import (
     Demand,
     Policy,
     PolicyError,
+    ProcessSample,
     Rates,
     Sample,
     needed,
@@ -38,17 +39,34 @@ def test_the_count_stays_within_min_max_and_the_partitions(
 
 
 def test_rates_are_consumption_plus_lag_growth_and_capacity_per_cpu_second() -> None:
-    earlier = Sample(10.0, [process(1_000, 500, 2.0)])
-    later = Sample(20.0, [process(9_000, 2_500, 10.0)])
+    earlier = Sample(10.0, [process(1_000, 1_000, 2.0)])
+    later = Sample(20.0, [process(9_000, 3_000, 10.0)])
     rates = Rates.between(earlier, later, busy_cores=0.8)
     assert rates is not None
-    assert rates.demand == Demand(input_rate=1_000.0, backlog=2_500.0)  # (8,000 + 2,000) / 10
+    assert rates.demand == Demand(input_rate=1_000.0, backlog=3_000.0)  # (8,000 + 2,000) / 10
     assert rates.consumed_rate == 800.0
     assert rates.capacity == 1_000.0  # 8,000 records in 8 CPU seconds
     assert rates.partitions == 4
 
 
-def test_a_flow_below_flat_out_measures_no_capacity_whatever_its_fixed_costs() -> None:
+def test_the_input_rate_is_the_end_offsets_growth_when_the_flow_reports_them() -> None:
+    """Consumption comes in batches and a restart starts its lag gauges at 0: what
+    arrived is read off the partitions' end offsets instead."""
+    earlier = ProcessSample({"events/0": 0.0}, {"events/0": 0.0}, 0.0, {"events/0": 100.0})
+    later = ProcessSample({"events/0": 10_000.0}, {"events/0": 0.0}, 1.0, {"events/0": 5_100.0})
+    rates = Rates.between(Sample(0.0, [earlier]), Sample(10.0, [later]), 0.8)
+    assert rates is not None and rates.demand.input_rate == 500.0
+
+
+def test_busy_with_nothing_waiting_is_no_capacity_measurement() -> None:
+    """A process starting up (or merging) is busy with no backlog: not its speed."""
+    rates = Rates.between(
+        Sample(0.0, [process(0, 0, 0.0)]), Sample(10.0, [process(5_000, 0, 9.5)]), 0.8
+    )
+    assert rates is not None and rates.capacity is None
+
+
+def test_a_flow_with_nothing_waiting_measures_no_capacity_whatever_its_cpu() -> None:
     """1,000 records/s for 0.6 of a core, mostly fixed costs (an embedded store's merges):
     records per CPU second would say 1,667/s, far below what the process sustains."""
     rates = Rates.between(
@@ -98,6 +116,15 @@ def test_a_ramp_up_and_down_scales_once_each_way_without_flapping() -> None:
     assert flow.lag < 1_000
 
 
+def test_looks_at_uneven_times_still_scale_down_after_the_longest_delay() -> None:
+    """The down delay is the longest: a look exactly that old is rare when looks come
+    every 3.3 s; the one in force when the delay began counts."""
+    policy = Policy(up_delay_s=10, down_delay_s=30, cooldown_s=0, capacity=1_000.0)
+    controller, flow = Controller(policy, current=2), Flow(processes=2, step_s=3.3)
+    actions = run(controller, flow, [100.0] * 40)
+    assert [(action, target) for _, action, target in actions] == [("down", 1)]
+
+
 def test_load_inside_the_dead_band_never_rescales() -> None:
     # 2 processes at 1,000/s; 900/s is 45%: above 70% x (1 - 0.4) of one process.
     policy = Policy(max_processes=4, dead_band=0.4, up_delay_s=10, down_delay_s=10, cooldown_s=0)
@@ -124,8 +151,8 @@ def test_at_most_one_action_per_cooldown() -> None:
 def test_capacity_stands_in_from_the_policy_until_measured() -> None:
     controller = Controller(Policy(capacity=2_000.0), current=1)
     assert controller.capacity() == 2_000.0
-    controller.observe(Sample(0.0, [process(0, 0, 0.0)]))
-    controller.observe(Sample(10.0, [process(9_000, 0, 9.0)]))
+    controller.observe(Sample(0.0, [process(0, 5_000, 0.0)]))
+    controller.observe(Sample(10.0, [process(9_000, 5_000, 9.0)]))  # busy, behind
     assert controller.capacity() == 1_000.0
 
 

@@ -22,10 +22,12 @@ def metrics_text(consumed: dict[str, float], lag: dict[str, float], cpu: float |
         "waxhouse_records_consumed_total", "", ["topic", "partition"], registry=registry
     )
     behind = Gauge("waxhouse_consumer_lag_records", "", ["topic", "partition"], registry=registry)
+    end = Gauge("waxhouse_source_end_offset", "", ["topic", "partition"], registry=registry)
     for part, value in consumed.items():
         topic, partition = part.split("/")
         records.labels(topic=topic, partition=partition).inc(value)
         behind.labels(topic=topic, partition=partition).set(lag[part])
+        end.labels(topic=topic, partition=partition).set(value + lag[part])
     if cpu is not None:
         Counter("process_cpu_seconds_total", "", registry=registry).inc(cpu)
     Gauge("waxhouse_watermark_seconds", "", ["partition"], registry=registry)
@@ -37,6 +39,7 @@ def test_a_process_sample_is_its_partitions_counts_and_lag_and_its_cpu() -> None
     sample = process_sample(text)
     assert sample.consumed == {"events/0": 10.0, "events/1": 5.0}
     assert sample.lag == {"events/0": 3.0, "events/1": 0.0}
+    assert sample.end == {"events/0": 13.0, "events/1": 5.0}
     assert sample.cpu_seconds == 2.5
 
 

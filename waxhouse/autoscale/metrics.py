@@ -15,6 +15,7 @@ from waxhouse.errors import WaxhouseError
 
 CONSUMED = "waxhouse_records_consumed"  # the parser drops the counter's `_total`
 LAG = "waxhouse_consumer_lag_records"
+END = "waxhouse_source_end_offset"
 CPU = "process_cpu_seconds"
 
 
@@ -23,13 +24,15 @@ class ScrapeError(WaxhouseError):
 
 
 def process_sample(text: str) -> ProcessSample:
-    """Per source partition (`topic/partition`) the records consumed and the lag, and the
-    CPU seconds, from one process's `/metrics` text."""
+    """Per source partition (`topic/partition`) the records consumed, the lag and the end
+    offset, and the CPU seconds, from one process's `/metrics` text."""
     consumed: dict[str, float] = {}
     lag: dict[str, float] = {}
+    end: dict[str, float] = {}
+    by_name = {CONSUMED: consumed, LAG: lag, END: end}
     cpu: float | None = None
     for family in text_string_to_metric_families(text):
-        if family.name not in (CONSUMED, LAG, CPU):
+        if family.name not in (CONSUMED, LAG, END, CPU):
             continue
         for sample in family.samples:
             if family.name == CPU:
@@ -38,10 +41,10 @@ def process_sample(text: str) -> ProcessSample:
                 continue
             else:
                 part = f"{sample.labels.get('topic', '')}/{sample.labels.get('partition', '')}"
-                (consumed if family.name == CONSUMED else lag)[part] = sample.value
+                by_name[family.name][part] = sample.value
     if cpu is None:
         raise ScrapeError(f"no {CPU}_total: not a flow's metrics on Linux")
-    return ProcessSample(consumed, lag, cpu)
+    return ProcessSample(consumed, lag, cpu, end)
 
 
 def fetch(url: str, timeout_s: float = 5.0) -> str:
