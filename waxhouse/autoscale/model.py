@@ -19,11 +19,11 @@ bounded by `Policy.min_processes`, `Policy.max_processes` and the source's parti
   from one look to the next only while the flow was behind (a tenth of a second's worth
   of records, and at least 100, waiting at both looks) and busy (`Policy.busy_share` of
   its cores, 30%): then it consumed as fast as the CPU it got allowed, fixed costs
-  amortised. With nothing waiting
-  the CPU goes to other work (a start, an embedded store's merges: a flow here at 1,000
-  records/s uses 0.6 of a core), which would make a process look many times slower than
-  it is. The median of the last five measurements is used, so one odd look does not
-  move it; until the first, `Policy.capacity` (if given) stands in.
+  amortised. With nothing waiting the CPU goes to other work (a start, an embedded
+  store's merges: a flow here at 1,000 records/s uses 0.6 of a core), which would make a
+  process look many times slower than it is. The median of the last five measurements
+  is used, so one odd look does not move it; until the first, `Policy.capacity` (if
+  given) stands in.
 - **Dead band.** Scaling down needs the smaller count to hold the demand at
   `target x (1 - dead_band)`; scaling up needs the demand over `target` at the current
   count. In between, the count stays.
@@ -34,8 +34,8 @@ bounded by `Policy.min_processes`, `Policy.max_processes` and the source's parti
 
 >>> policy = Policy(min_processes=1, max_processes=4, target_utilisation=0.5, catch_up_s=100)
 >>> needed(Demand(input_rate=900.0, backlog=10_000.0), capacity=1_000.0, partitions=4,
-...        policy=policy)
-4
+...        policy=policy)  # (900 + 10,000 / 100) / (1,000 x 0.5)
+2
 """
 
 from __future__ import annotations
