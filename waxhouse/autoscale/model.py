@@ -287,8 +287,9 @@ class Controller:
         return self._decide(sample.at, recommended, rates, per_process)
 
     def capacity(self) -> float | None:
-        """Records per second one process sustains: the median of the last five flat-out
-        measurements (one odd look does not move it), else the policy's."""
+        """Records per second one process sustains: the median of the last five
+        measurements taken while the flow was behind (one odd look does not move it),
+        else the policy's."""
         if not self._measured:
             return self._capacity_hint
         return statistics.median(self._measured) * self.policy.cores_per_process
