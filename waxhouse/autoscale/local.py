@@ -15,13 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from waxhouse.autoscale.metrics import ScrapeError, fetch
 from waxhouse.errors import WaxhouseError
 
 logger = logging.getLogger(__name__)
@@ -158,7 +157,7 @@ class LocalCluster:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except (urllib.error.URLError, OSError):
+        fetch(url, timeout_s=2.0)
+    except ScrapeError:
         return False
+    return True

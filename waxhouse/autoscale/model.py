@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -134,9 +134,9 @@ class Sample:
         return _summed(p.end for p in self.processes)
 
 
-def _summed(maps: object) -> dict[str, float]:
+def _summed(maps: Iterable[Mapping[str, float]]) -> dict[str, float]:
     total: dict[str, float] = {}
-    for values in maps:  # type: ignore[attr-defined]
+    for values in maps:
         for key, value in values.items():
             total[key] = total.get(key, 0.0) + value
     return total
@@ -241,9 +241,6 @@ class Controller:
     _history: deque[tuple[float, int]] = field(default_factory=deque)
     _last_action: float | None = None
 
-    def __post_init__(self) -> None:
-        self._capacity_hint = self.policy.capacity
-
     def rescaled(self, count: int, at: float) -> None:
         self.current = count
         self._samples.clear()
@@ -291,7 +288,7 @@ class Controller:
         measurements taken while the flow was behind (one odd look does not move it),
         else the policy's."""
         if not self._measured:
-            return self._capacity_hint
+            return self.policy.capacity
         return statistics.median(self._measured) * self.policy.cores_per_process
 
     def _decide(self, at: float, recommended: int, rates: Rates, capacity: float) -> Decision:
